@@ -1,0 +1,36 @@
+"""Where counters live. A backend is chosen by URL:
+
+* ``memory://``: in-process, thread-safe (``MemoryBackend``).
+* ``sqlite:///relative.db``, ``sqlite:////absolute.db``: one file shared by the processes of a
+  host (``SQLiteBackend``); ``?durability=power-loss`` fsyncs every transaction.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from budgeteer.backends.base import Backend
+from budgeteer.errors import InvalidInput
+
+
+def open_backend(url: str) -> Backend:
+    """Open the backend named by ``url``.
+
+    Raises:
+        InvalidInput: unknown scheme or malformed URL.
+    """
+    if not isinstance(url, str):
+        raise InvalidInput("url", url, "expected a backend URL such as 'sqlite:///budget.db'")
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from budgeteer.backends.memory import MemoryBackend
+
+        return MemoryBackend(url)
+    if scheme == "sqlite":
+        from budgeteer.backends.sqlite import SQLiteBackend
+
+        return SQLiteBackend.from_url(url)
+    raise InvalidInput("url", url, "unknown backend; use memory:// or sqlite:///path.db")
+
+
+__all__ = ["Backend", "open_backend"]

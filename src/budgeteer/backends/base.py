@@ -1,0 +1,141 @@
+"""The narrow interface every ledger backend implements, and the records that cross it.
+
+A backend is deliberately dumb about the API: it receives validated requests whose amounts are
+already integer storage units, and it performs each operation (reserve, commit, release, charge,
+peek) as *one atomic step*, so a network backend can run each as one server-side script in one
+round trip. Python backends make their decisions with ``budgeteer.ledger._core``; the Redis
+backend's Lua mirrors the same rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from budgeteer.model import LimitState
+
+UNPRICED = "_unpriced"
+"""A pseudo-dimension counted on each scope for every commit whose cost was unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    """Check every limit on ``scopes`` for ``amounts`` and, if all fit, hold them."""
+
+    id: str
+    path: str
+    scopes: tuple[str, ...]
+    amounts: Mapping[str, int]
+    now: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """Why a reservation was refused."""
+
+    state: LimitState
+    requested: int
+    retry_after: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveOutcome:
+    """``denial`` is set if refused (nothing changed); else ``states`` are the limits after the hold."""
+
+    denial: Denial | None
+    states: tuple[LimitState, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRequest:
+    """Replace the hold ``id`` with ``actual`` (or record ``actual`` directly if ``scopes`` given)."""
+
+    id: str
+    actual: Mapping[str, int]
+    now: float
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    direct_path: str | None = None
+    """Set for a direct charge (no reservation): the path to record ``actual`` on."""
+    direct_scopes: tuple[str, ...] = ()
+
+
+CommitStatus = Literal["committed", "late", "replayed"]
+
+
+@dataclass(frozen=True, slots=True)
+class CommitOutcome:
+    """What a commit recorded."""
+
+    status: CommitStatus
+    path: str
+    actual: Mapping[str, int]
+    committed_at: float
+    overruns: tuple[LimitState, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    late: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeMeters:
+    """A scope's counters for reporting."""
+
+    used: Mapping[str, int]
+    held: Mapping[str, int]
+    limits: tuple[LimitState, ...]
+
+
+def path_prefixes(path: str) -> tuple[str, ...]:
+    """The scopes of an already validated path, top first."""
+    parts = path.split("/")
+    return tuple("/".join(parts[: i + 1]) for i in range(len(parts)))
+
+
+class Backend(Protocol):
+    """A synchronous store of limits, counters and holds. Every method is one atomic step.
+
+    Errors: ``UnknownReservation`` and ``ReservationSettled`` for misuse; any other exception is
+    an outage that the ledger wraps in ``BackendUnavailable``.
+    """
+
+    url: str
+    """The URL the backend was opened from, with any password removed."""
+    blocking: bool
+    """True if operations wait on I/O (the async ledger then runs them in a worker thread)."""
+
+    def set_limit(self, scope: str, dimension: str, window_key: str, max_units: int) -> None:
+        """Create or replace the limit on ``(scope, dimension, window_key)``."""
+        ...
+
+    def remove_limit(self, scope: str, dimension: str, window_key: str) -> bool:
+        """Remove a limit; ``True`` if there was one."""
+        ...
+
+    def get_limits(self, scope: str) -> list[tuple[str, str, int]]:
+        """The scope's own limits as ``(dimension, window_key, max_units)``."""
+        ...
+
+    def reserve(self, request: ReserveRequest) -> ReserveOutcome:
+        """Check and hold atomically; expired holds are reclaimed first."""
+        ...
+
+    def commit(self, request: CommitRequest) -> CommitOutcome:
+        """Settle a hold with its actual usage, idempotently by id."""
+        ...
+
+    def release(self, reservation_id: str, now: float) -> None:
+        """Free a hold, idempotently; releasing an expired hold is a no-op."""
+        ...
+
+    def peek(self, scopes: tuple[str, ...], now: float) -> tuple[LimitState, ...]:
+        """Every limit on ``scopes`` with current counters; consumes nothing."""
+        ...
+
+    def meters(self, scope: str, now: float) -> ScopeMeters:
+        """The scope's lifetime totals, holds and own limits."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...

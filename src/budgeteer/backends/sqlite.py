@@ -1,0 +1,496 @@
+"""``sqlite:///path.db``: the embedded default. Several processes on one host share one file.
+
+Each operation is one ``BEGIN IMMEDIATE`` transaction. Writers from all processes queue on an
+advisory ``flock`` on ``<file>.lock`` before taking SQLite's write lock: the kernel wakes the next
+writer the moment the lock is free, where SQLite's own busy handler would poll with sleeps of up
+to 100 ms and collapse throughput under contention.
+
+Durability: the database runs in WAL mode. ``durability=process`` (default, ``synchronous=NORMAL``)
+keeps every commit that has returned across a crash or SIGKILL of any process; a power loss or
+kernel crash may lose the last transactions. ``durability=power-loss`` (``synchronous=FULL``) also
+survives those, at the cost of an fsync on every transaction (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from budgeteer.backends.base import (
+    CommitOutcome,
+    CommitRequest,
+    LimitState,
+    ReserveOutcome,
+    ReserveRequest,
+    ScopeMeters,
+    path_prefixes,
+)
+from budgeteer.errors import InvalidInput, ReservationSettled, UnknownReservation
+from budgeteer.ledger._core import (
+    CalendarMeter,
+    deny,
+    find_denial,
+    overruns,
+    retry_after_for,
+    window_of,
+    with_hold,
+)
+
+SCHEMA_VERSION = 1
+EXPIRE_BATCH = 256
+"""At most this many expired holds are reclaimed per operation (the rest on the next ones)."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS limits (
+    scope TEXT NOT NULL, dimension TEXT NOT NULL, window TEXT NOT NULL,
+    max_units INTEGER NOT NULL,
+    PRIMARY KEY (scope, dimension, window)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS totals (
+    scope TEXT NOT NULL, dimension TEXT NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0, held INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (scope, dimension)) WITHOUT ROWID;
+-- Windowed meters. Calendar: [period_start, period_end) and used in it.
+-- Rolling: period_start is the oldest bucket index that may still be stored.
+CREATE TABLE IF NOT EXISTS meters (
+    scope TEXT NOT NULL, dimension TEXT NOT NULL, window TEXT NOT NULL,
+    period_start REAL NOT NULL, period_end REAL NOT NULL, used INTEGER NOT NULL,
+    PRIMARY KEY (scope, dimension, window)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS buckets (
+    scope TEXT NOT NULL, dimension TEXT NOT NULL, window TEXT NOT NULL,
+    bucket INTEGER NOT NULL, amount INTEGER NOT NULL,
+    PRIMARY KEY (scope, dimension, window, bucket)) WITHOUT ROWID;
+-- Every reservation and direct charge: the audit log, and the idempotency record.
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY, path TEXT NOT NULL, state TEXT NOT NULL,
+    requested TEXT NOT NULL, actual TEXT, created_at REAL NOT NULL, expires_at REAL NOT NULL,
+    settled_at REAL, late INTEGER NOT NULL DEFAULT 0, overruns TEXT, metadata TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS holds_by_expiry ON reservations (expires_at) WHERE state = 'held';
+"""
+
+_LIMIT_ROWS = """
+SELECT l.scope, l.dimension, l.window, l.max_units,
+       coalesce(t.used, 0), coalesce(t.held, 0), m.period_start, m.period_end, m.used
+FROM limits AS l
+LEFT JOIN totals AS t ON t.scope = l.scope AND t.dimension = l.dimension
+LEFT JOIN meters AS m ON m.scope = l.scope AND m.dimension = l.dimension AND m.window = l.window
+WHERE l.scope IN ({marks})
+"""
+
+_ADD_TOTALS = """
+INSERT INTO totals (scope, dimension, used, held) VALUES (?, ?, ?, ?)
+ON CONFLICT (scope, dimension) DO UPDATE SET used = used + excluded.used, held = held + excluded.held
+"""
+
+
+def _limit_rows_sql(count: int) -> str:
+    return _LIMIT_ROWS.format(marks=",".join("?" * count))
+
+
+class _Row:
+    """A limit row read inside a transaction, with its window meter brought up to ``now``."""
+
+    __slots__ = ("dimension", "max_units", "meter_end", "meter_start", "meter_used", "scope",
+                 "total_used", "held", "window_key", "dirty")
+
+    def __init__(self, row: tuple[object, ...]) -> None:
+        (self.scope, self.dimension, self.window_key, self.max_units, self.total_used, self.held,
+         self.meter_start, self.meter_end, self.meter_used) = row  # type: ignore[assignment]
+        self.dirty = False
+
+    scope: str
+    dimension: str
+    window_key: str
+    max_units: int
+    total_used: int
+    held: int
+    meter_start: float | None
+    meter_end: float | None
+    meter_used: int | None
+    dirty: bool
+
+    @property
+    def used(self) -> int:
+        return self.total_used if self.meter_used is None else self.meter_used
+
+    def state(self) -> LimitState:
+        return LimitState(
+            self.scope, self.dimension, self.window_key, self.max_units, self.used, self.held
+        )
+
+
+class SQLiteBackend:
+    """Limits, counters and holds in one SQLite file (WAL), shared by processes on one host."""
+
+    blocking = True
+    """Operations wait on file locks and disk, so the async ledger runs them in a thread."""
+
+    def __init__(self, path: str | os.PathLike[str], *, durability: str = "process",
+                 busy_timeout_ms: int = 30_000) -> None:
+        if durability not in ("process", "power-loss"):
+            raise InvalidInput("durability", durability, "use 'process' or 'power-loss'")
+        self.path = Path(path)
+        self.durability = durability
+        self.url = f"sqlite:///{self.path}" + (
+            "?durability=power-loss" if durability == "power-loss" else ""
+        )
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._lock_path = str(self.path) + ".lock"
+        conn, lock_fd = self._connection()
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        try:
+            conn.executescript(_SCHEMA)  # runs in a transaction of its own
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteBackend:
+        """Open ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (SQLAlchemy's form)."""
+        parts = urlsplit(url)
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if parts.netloc or not path:
+            raise InvalidInput(
+                "url", url, "expected sqlite:///relative/file.db or sqlite:////absolute/file.db"
+            )
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"durability", "busy_timeout_ms"}
+        if unknown:
+            raise InvalidInput("url", url, f"unknown option(s) {sorted(unknown)}")
+        try:
+            busy = int(query.get("busy_timeout_ms", "30000"))
+        except ValueError:
+            raise InvalidInput("url", url, "busy_timeout_ms must be an integer") from None
+        return cls(path, durability=query.get("durability", "process"), busy_timeout_ms=busy)
+
+    # -- connections --------------------------------------------------------------------------
+
+    def _connection(self) -> tuple[sqlite3.Connection, int]:
+        # One connection and lock-file descriptor per thread: sqlite3 connections must not be
+        # shared between threads without a lock, and per-thread ones let readers run in parallel.
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is None or getattr(local, "pid", None) != os.getpid():
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=True, cached_statements=256
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            synchronous = "FULL" if self.durability == "power-loss" else "NORMAL"
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+            local.conn = conn
+            local.pid = os.getpid()
+            local.lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        return conn, local.lock_fd  # type: ignore[no-any-return]
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn, lock_fd = self._connection()
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close this thread's connection (other threads' close when they exit)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            os.close(self._local.lock_fd)
+            self._local.conn = None
+
+    # -- limits -------------------------------------------------------------------------------
+
+    def set_limit(self, scope: str, dimension: str, window_key: str, max_units: int) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO limits (scope, dimension, window, max_units) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (scope, dimension, window) DO UPDATE SET max_units = excluded.max_units",
+                (scope, dimension, window_key, max_units),
+            )
+            if window_key != "lifetime":
+                conn.execute(
+                    "INSERT OR IGNORE INTO meters VALUES (?, ?, ?, 0, 0, 0)",
+                    (scope, dimension, window_key),
+                )
+
+    def remove_limit(self, scope: str, dimension: str, window_key: str) -> bool:
+        key = (scope, dimension, window_key)
+        with self._transaction() as conn:
+            removed = conn.execute(
+                "DELETE FROM limits WHERE scope = ? AND dimension = ? AND window = ?", key
+            ).rowcount
+            conn.execute("DELETE FROM meters WHERE scope = ? AND dimension = ? AND window = ?", key)
+            conn.execute("DELETE FROM buckets WHERE scope = ? AND dimension = ? AND window = ?", key)
+        return bool(removed)
+
+    def get_limits(self, scope: str) -> list[tuple[str, str, int]]:
+        conn, _ = self._connection()
+        rows = conn.execute(
+            "SELECT dimension, window, max_units FROM limits WHERE scope = ?", (scope,)
+        ).fetchall()
+        return [(d, w, m) for d, w, m in rows]
+
+    # -- the cycle ----------------------------------------------------------------------------
+
+    def reserve(self, request: ReserveRequest) -> ReserveOutcome:
+        amounts = request.amounts
+        now = request.now
+        scopes = request.scopes
+        with self._transaction() as conn:
+            self._expire(conn, now)
+            rows = [r for r in self._rows(conn, scopes, now) if r.dimension in amounts]
+            states = tuple(r.state() for r in rows)
+            refused = find_denial(states, amounts)
+            if refused is not None:
+                row = rows[states.index(refused)]
+                return ReserveOutcome(
+                    deny(refused, amounts, self._retry_after(conn, row, refused, amounts, now))
+                )
+            self._write_meters(conn, rows)
+            conn.executemany(
+                _ADD_TOTALS, [(s, d, 0, a) for s in scopes for d, a in amounts.items()]
+            )
+            conn.execute(
+                "INSERT INTO reservations (id, path, state, requested, created_at, expires_at) "
+                "VALUES (?, ?, 'held', ?, ?, ?)",
+                (request.id, request.path, _dump(amounts), now, request.expires_at),
+            )
+        return ReserveOutcome(None, with_hold(states, amounts))
+
+    def commit(self, request: CommitRequest) -> CommitOutcome:
+        now = request.now
+        with self._transaction() as conn:
+            if request.direct_path is not None:
+                conn.execute(
+                    "INSERT INTO reservations (id, path, state, requested, created_at, expires_at)"
+                    " VALUES (?, ?, 'held', '{}', ?, ?)",
+                    (request.id, request.direct_path, now, now),
+                )
+                return self._record(conn, request, request.direct_path, {}, late=False)
+            found = conn.execute(
+                "SELECT path, state, requested, expires_at, actual, settled_at, late, overruns,"
+                " metadata FROM reservations WHERE id = ?",
+                (request.id,),
+            ).fetchone()
+            if found is None:
+                raise UnknownReservation(request.id)
+            path, state, requested, expires_at, actual, settled_at, late, over, metadata = found
+            if state == "committed":
+                return CommitOutcome(
+                    status="replayed",
+                    path=path,
+                    actual=json.loads(actual),
+                    committed_at=settled_at,
+                    overruns=tuple(LimitState(*s) for s in json.loads(over)),
+                    metadata=json.loads(metadata),
+                    late=bool(late),
+                )
+            if state == "released":
+                raise ReservationSettled(request.id, "released", "commit")
+            if state == "expired":
+                return self._record(conn, request, path, {}, late=True)
+            is_late = expires_at <= now
+            return self._record(conn, request, path, json.loads(requested), late=is_late)
+
+    def release(self, reservation_id: str, now: float) -> None:
+        del now
+        with self._transaction() as conn:
+            found = conn.execute(
+                "SELECT path, state, requested FROM reservations WHERE id = ?", (reservation_id,)
+            ).fetchone()
+            if found is None:
+                raise UnknownReservation(reservation_id)
+            path, state, requested = found
+            if state == "committed":
+                raise ReservationSettled(reservation_id, "committed", "release")
+            if state != "held":
+                return
+            self._drop_hold(conn, path, json.loads(requested))
+            conn.execute(
+                "UPDATE reservations SET state = 'released' WHERE id = ?", (reservation_id,)
+            )
+
+    def peek(self, scopes: tuple[str, ...], now: float) -> tuple[LimitState, ...]:
+        with self._transaction() as conn:
+            self._expire(conn, now)
+            rows = self._rows(conn, scopes, now)
+            self._write_meters(conn, rows)
+        order = {scope: i for i, scope in enumerate(scopes)}
+        return tuple(r.state() for r in sorted(rows, key=lambda r: order[r.scope]))
+
+    def meters(self, scope: str, now: float) -> ScopeMeters:
+        with self._transaction() as conn:
+            self._expire(conn, now)
+            rows = self._rows(conn, (scope,), now)
+            self._write_meters(conn, rows)
+            totals = conn.execute(
+                "SELECT dimension, used, held FROM totals WHERE scope = ?", (scope,)
+            ).fetchall()
+        return ScopeMeters(
+            used={d: u for d, u, _ in totals if u},
+            held={d: h for d, _, h in totals if h},
+            limits=tuple(r.state() for r in rows),
+        )
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _rows(self, conn: sqlite3.Connection, scopes: tuple[str, ...], now: float) -> list[_Row]:
+        rows = [_Row(r) for r in conn.execute(_limit_rows_sql(len(scopes)), scopes)]
+        for row in rows:
+            if row.window_key != "lifetime":
+                self._refresh(conn, row, now)
+        return rows
+
+    def _refresh(self, conn: sqlite3.Connection, row: _Row, now: float) -> None:
+        window = window_of(row.window_key)
+        if row.meter_used is None:  # limit set by an older writer without a meter row
+            row.meter_start, row.meter_end, row.meter_used, row.dirty = 0.0, 0.0, 0, True
+        if window.kind == "calendar":
+            if now >= (row.meter_end or 0.0):
+                row.meter_start, row.meter_end = window.period_bounds(now)
+                row.meter_used, row.dirty = 0, True
+            return
+        cutoff = int(now // window.granularity_s) - window.buckets
+        if (row.meter_start or 0) < cutoff:
+            key = (row.scope, row.dimension, row.window_key, cutoff)
+            expired = conn.execute(
+                "SELECT coalesce(sum(amount), 0) FROM buckets"
+                " WHERE scope = ? AND dimension = ? AND window = ? AND bucket < ?",
+                key,
+            ).fetchone()[0]
+            if expired:
+                conn.execute(
+                    "DELETE FROM buckets WHERE scope = ? AND dimension = ? AND window = ?"
+                    " AND bucket < ?",
+                    key,
+                )
+            row.meter_used = (row.meter_used or 0) - expired
+            row.meter_start, row.dirty = float(cutoff), True
+
+    def _write_meters(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
+        dirty = [r for r in rows if r.dirty]
+        if dirty:
+            conn.executemany(
+                "INSERT OR REPLACE INTO meters VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.scope, r.dimension, r.window_key, r.meter_start, r.meter_end, r.meter_used)
+                 for r in dirty],
+            )
+            for row in dirty:
+                row.dirty = False
+
+    def _retry_after(
+        self,
+        conn: sqlite3.Connection,
+        row: _Row,
+        state: LimitState,
+        amounts: Mapping[str, int],
+        now: float,
+    ) -> float | None:
+        window = window_of(state.window_key)
+        requested = amounts[state.dimension]
+        if window.kind == "calendar":
+            meter = CalendarMeter(row.meter_start or 0.0, row.meter_end or 0.0, row.used)
+            return retry_after_for(state, requested, now, calendar=meter)
+        if window.kind == "rolling":
+            buckets = conn.execute(
+                "SELECT bucket, amount FROM buckets WHERE scope = ? AND dimension = ?"
+                " AND window = ? ORDER BY bucket",
+                (state.scope, state.dimension, state.window_key),
+            ).fetchall()
+            return retry_after_for(state, requested, now, rolling_buckets=buckets)
+        return None
+
+    def _record(
+        self,
+        conn: sqlite3.Connection,
+        request: CommitRequest,
+        path: str,
+        held: Mapping[str, int],
+        *,
+        late: bool,
+    ) -> CommitOutcome:
+        """Drop the hold (``held``), record ``actual`` on every scope, and settle the row."""
+        actual = request.actual
+        now = request.now
+        scopes = path_prefixes(path)
+        rows = [r for r in self._rows(conn, scopes, now) if r.dimension in actual]
+        dimensions = set(actual) | set(held)
+        conn.executemany(
+            _ADD_TOTALS,
+            [(s, d, actual.get(d, 0), -held.get(d, 0)) for s in scopes for d in dimensions],
+        )
+        for row in rows:
+            row.total_used += actual[row.dimension]
+            row.held -= held.get(row.dimension, 0)
+            window = window_of(row.window_key)
+            if window.kind != "lifetime":
+                row.meter_used = (row.meter_used or 0) + actual[row.dimension]
+                row.dirty = True
+                if window.kind == "rolling":
+                    conn.execute(
+                        "INSERT INTO buckets VALUES (?, ?, ?, ?, ?) ON CONFLICT"
+                        " (scope, dimension, window, bucket) DO UPDATE SET amount = amount + ?",
+                        (row.scope, row.dimension, row.window_key,
+                         int(now // window.granularity_s), actual[row.dimension],
+                         actual[row.dimension]),
+                    )
+        self._write_meters(conn, rows)
+        over = overruns(r.state() for r in rows)
+        metadata = dict(request.metadata)
+        conn.execute(
+            "UPDATE reservations SET state = 'committed', actual = ?, settled_at = ?, late = ?,"
+            " overruns = ?, metadata = ? WHERE id = ?",
+            (_dump(actual), now, int(late), json.dumps([list(s) for s in over]),
+             json.dumps(metadata), request.id),
+        )
+        return CommitOutcome(
+            status="committed",
+            path=path,
+            actual=dict(actual),
+            committed_at=now,
+            overruns=over,
+            metadata=metadata,
+            late=late,
+        )
+
+    def _drop_hold(self, conn: sqlite3.Connection, path: str, held: Mapping[str, int]) -> None:
+        conn.executemany(
+            "UPDATE totals SET held = held - ? WHERE scope = ? AND dimension = ?",
+            [(a, s, d) for s in path_prefixes(path) for d, a in held.items()],
+        )
+
+    def _expire(self, conn: sqlite3.Connection, now: float) -> None:
+        expired = conn.execute(
+            "SELECT id, path, requested FROM reservations WHERE state = 'held'"
+            f" AND expires_at <= ? LIMIT {EXPIRE_BATCH}",
+            (now,),
+        ).fetchall()
+        for reservation_id, path, requested in expired:
+            self._drop_hold(conn, path, json.loads(requested))
+            conn.execute(
+                "UPDATE reservations SET state = 'expired' WHERE id = ?", (reservation_id,)
+            )
+
+
+def _dump(units: Mapping[str, int]) -> str:
+    return json.dumps(units, separators=(",", ":"))

@@ -1,0 +1,142 @@
+"""The sans-IO decision rules every Python backend applies inside its atomic step.
+
+Nothing here does I/O or reads a clock: callers pass ``now`` and counters in storage units.
+The Redis backend's Lua script implements the same rules; the contract suite checks they agree.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+from budgeteer.backends.base import Denial
+from budgeteer.model import LimitState, Window
+
+
+window_of = Window.from_key
+
+
+def find_denial(states: Iterable[LimitState], amounts: Mapping[str, int]) -> LimitState | None:
+    """The first limit (top scope first) that ``amounts`` would cross, or ``None`` if all fit.
+
+    A limit is crossed when ``used + held + requested > max``; reaching the cap exactly is allowed.
+    """
+    for state in states:
+        requested = amounts.get(state.dimension)
+        if requested and state.used + state.held + requested > state.max_units:
+            return state
+    return None
+
+
+def overruns(states: Iterable[LimitState]) -> tuple[LimitState, ...]:
+    """The limits whose committed usage alone is past the cap (after a larger-than-held commit)."""
+    return tuple(s for s in states if s.used > s.max_units)
+
+
+def with_hold(states: Iterable[LimitState], amounts: Mapping[str, int]) -> tuple[LimitState, ...]:
+    """``states`` as they are once ``amounts`` is held (the headroom a reservation reports)."""
+    return tuple(
+        s._replace(held=s.held + amounts[s.dimension]) if s.dimension in amounts else s
+        for s in states
+    )
+
+
+class CalendarMeter:
+    """Committed usage inside the current calendar period."""
+
+    __slots__ = ("end", "start", "used")
+
+    def __init__(self, start: float = 0.0, end: float = 0.0, used: int = 0) -> None:
+        self.start = start
+        self.end = end
+        self.used = used
+
+    def refresh(self, window: Window, now: float) -> None:
+        """Move to the period holding ``now``; a new period starts empty.
+
+        A clock that steps backwards keeps the current period rather than reopening an old one.
+        """
+        if now >= self.end:
+            self.start, self.end = window.period_bounds(now)
+            self.used = 0
+
+    def retry_after(self, over_units: int, held: int, requested: int, max_units: int, now: float) -> float | None:
+        """Seconds until the period ends, if a fresh period would admit the request."""
+        del over_units
+        return max(0.0, self.end - now) if held + requested <= max_units else None
+
+
+class RollingMeter:
+    """Committed usage in the last ``window.seconds``, kept as buckets of ``granularity_s``.
+
+    Usage in bucket *i* counts while the current bucket is at most *i + buckets*, i.e. for at
+    least ``seconds`` and at most ``seconds + granularity_s`` after it was committed.
+    """
+
+    __slots__ = ("buckets", "used")
+
+    def __init__(self) -> None:
+        self.buckets: deque[list[int]] = deque()
+        self.used = 0
+
+    def refresh(self, window: Window, now: float) -> None:
+        """Forget buckets that have left the window."""
+        cutoff = int(now // window.granularity_s) - window.buckets
+        buckets = self.buckets
+        while buckets and buckets[0][0] < cutoff:
+            self.used -= buckets.popleft()[1]
+
+    def add(self, window: Window, now: float, amount: int) -> None:
+        """Record ``amount`` in the bucket of ``now`` (or the newest, if the clock stepped back)."""
+        index = int(now // window.granularity_s)
+        buckets = self.buckets
+        if buckets and buckets[-1][0] >= index:
+            buckets[-1][1] += amount
+        else:
+            buckets.append([index, amount])
+        self.used += amount
+
+    def retry_after(self, window: Window, over_units: int, now: float) -> float | None:
+        """See ``rolling_retry_after``."""
+        return rolling_retry_after(window, ((i, a) for i, a in self.buckets), over_units, now)
+
+
+def rolling_retry_after(
+    window: Window, buckets: Iterable[tuple[int, int]], over_units: int, now: float
+) -> float | None:
+    """Seconds until enough old buckets leave the window to free ``over_units``.
+
+    ``None`` if even an empty window would not be enough (the holds and the request alone are
+    over the cap).
+    """
+    freed = 0
+    for index, amount in buckets:
+        freed += amount
+        if freed >= over_units:
+            return max(0.0, (index + window.buckets + 1) * window.granularity_s - now)
+    return None
+
+
+def deny(
+    state: LimitState, amounts: Mapping[str, int], retry_after: float | None
+) -> Denial:
+    """Build the denial record for ``state``."""
+    return Denial(state=state, requested=amounts[state.dimension], retry_after=retry_after)
+
+
+def retry_after_for(
+    state: LimitState,
+    requested: int,
+    now: float,
+    *,
+    calendar: CalendarMeter | None = None,
+    rolling_buckets: Iterable[tuple[int, int]] = (),
+) -> float | None:
+    """When waiting would admit ``requested`` against ``state``; ``None`` if it never would."""
+    window = window_of(state.window_key)
+    over = state.used + state.held + requested - state.max_units
+    if window.kind == "rolling":
+        return rolling_retry_after(window, rolling_buckets, over, now)
+    if window.kind == "calendar" and calendar is not None:
+        return calendar.retry_after(over, state.held, requested, state.max_units, now)
+    return None

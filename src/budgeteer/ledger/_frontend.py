@@ -1,0 +1,262 @@
+"""What ``Ledger`` and ``AsyncLedger`` share: validation, request building and result shaping.
+
+The twins differ only in how they call the backend (directly, or awaited in a worker thread);
+every rule about inputs and outputs lives here once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import secrets
+from collections.abc import Mapping
+
+from budgeteer._clock import SYSTEM_CLOCK, Clock
+from budgeteer.backends.base import (
+    UNPRICED,
+    Backend,
+    CommitOutcome,
+    CommitRequest,
+    ReserveOutcome,
+    ReserveRequest,
+    ScopeMeters,
+)
+from budgeteer.errors import BudgetExceeded, InvalidInput
+from budgeteer.model import (
+    LIFETIME,
+    Charge,
+    Headroom,
+    Limit,
+    LimitHeadroom,
+    LimitState,
+    Overrun,
+    Reservation,
+    ScopeUsage,
+    Usage,
+    Window,
+    check_dimension,
+    from_units,
+    parse_path,
+)
+
+DEFAULT_TTL_S = 300.0
+"""How long a hold lives without commit or release before it returns by itself."""
+MAX_TTL_S = 30 * 86400.0
+MAX_METADATA_ITEMS = 32
+MAX_METADATA_CHARS = 1024
+
+UsageLike = Usage | Mapping[str, object]
+
+
+def as_usage(value: object, field_name: str) -> Usage:
+    """Accept a ``Usage`` or a mapping of dimension to amount; anything else is ``InvalidInput``."""
+    if isinstance(value, Usage):
+        return value
+    if isinstance(value, Mapping):
+        for key in value:
+            if not isinstance(key, str):
+                raise InvalidInput(field_name, key, "dimension names are strings")
+            check_dimension(key, f"{field_name}.{key}")
+        return Usage(**value)
+    raise InvalidInput(field_name, value, "expected a Usage or a mapping of dimension to amount")
+
+
+class LedgerFrontend:
+    """Validation and shaping shared by the sync and async ledgers."""
+
+    def __init__(self, backend: Backend, clock: Clock | None, default_ttl_s: float) -> None:
+        self.backend = backend
+        self.clock = clock or SYSTEM_CLOCK
+        self.default_ttl_s = self.check_ttl(default_ttl_s, "default_ttl_s")
+        # A random prefix keeps ids unique across processes; the counter keeps them cheap.
+        self._id_prefix = secrets.token_hex(6) + "-"
+        self._ids = itertools.count(1)
+        self._paths: dict[str, tuple[str, ...]] = {}
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
+
+    def scopes(self, path: str) -> tuple[str, ...]:
+        scopes = self._paths.get(path)
+        if scopes is None:
+            scopes = parse_path(path)
+            if len(self._paths) < 65536:
+                self._paths[path] = scopes
+        return scopes
+
+    @staticmethod
+    def check_ttl(ttl_s: object, field_name: str = "ttl_s") -> float:
+        if (
+            isinstance(ttl_s, bool)
+            or not isinstance(ttl_s, int | float)
+            or not math.isfinite(ttl_s)
+            or ttl_s <= 0
+            or ttl_s > MAX_TTL_S
+        ):
+            raise InvalidInput(field_name, ttl_s, f"expected seconds in (0, {MAX_TTL_S:.0f}]")
+        return float(ttl_s)
+
+    @staticmethod
+    def check_metadata(metadata: Mapping[str, object] | None) -> dict[str, str]:
+        if not metadata:
+            return {}
+        if not isinstance(metadata, Mapping) or len(metadata) > MAX_METADATA_ITEMS:
+            raise InvalidInput(
+                "metadata", metadata, f"expected a mapping of at most {MAX_METADATA_ITEMS} items"
+            )
+        clean: dict[str, str] = {}
+        for key, value in metadata.items():
+            text = value if isinstance(value, str) else str(value)
+            if not isinstance(key, str) or len(key) > 64 or len(text) > MAX_METADATA_CHARS:
+                raise InvalidInput(
+                    f"metadata[{key!r}]", value, "keys are str up to 64 chars, values 1024 chars"
+                )
+            clean[key] = text
+        return clean
+
+    @staticmethod
+    def limit_key(scope: str, limit: object) -> tuple[str, str, str, int]:
+        if not isinstance(limit, Limit):
+            raise InvalidInput("limit", limit, "expected a budgeteer.Limit")
+        parse_path(scope)
+        return scope, limit.dimension, limit.window.key, limit.max_units
+
+    @staticmethod
+    def window_key(dimension: str, window: Window | None) -> str:
+        check_dimension(dimension)
+        window = window or LIFETIME
+        if not isinstance(window, Window):
+            raise InvalidInput("window", window, "expected a budgeteer.Window")
+        return window.key
+
+    def reserve_request(self, path: str, usage: object, ttl_s: float | None) -> ReserveRequest:
+        scopes = self.scopes(path)
+        checked = as_usage(usage, "usage")
+        ttl = self.default_ttl_s if ttl_s is None else self.check_ttl(ttl_s)
+        now = self.clock.now()
+        return ReserveRequest(self.new_id(), path, scopes, checked.units, now, now + ttl)
+
+    def commit_request(
+        self,
+        reservation: Reservation | str,
+        actual: object,
+        metadata: Mapping[str, object] | None,
+    ) -> tuple[CommitRequest, Usage]:
+        reservation_id = self.reservation_id(reservation)
+        usage = as_usage(actual, "actual")
+        request = CommitRequest(
+            reservation_id, _charged_units(usage), self.clock.now(), self.check_metadata(metadata)
+        )
+        return request, usage
+
+    def charge_request(
+        self, path: str, usage: object, metadata: Mapping[str, object] | None
+    ) -> tuple[CommitRequest, Usage]:
+        scopes = self.scopes(path)
+        checked = as_usage(usage, "usage")
+        request = CommitRequest(
+            self.new_id(),
+            _charged_units(checked),
+            self.clock.now(),
+            self.check_metadata(metadata),
+            direct_path=path,
+            direct_scopes=scopes,
+        )
+        return request, checked
+
+    @staticmethod
+    def reservation_id(reservation: Reservation | str) -> str:
+        if isinstance(reservation, Reservation):
+            return reservation.id
+        if isinstance(reservation, str) and reservation:
+            return reservation
+        raise InvalidInput("reservation", reservation, "expected a Reservation or its id")
+
+    # -- outputs ------------------------------------------------------------------------------
+
+    @staticmethod
+    def reservation(request: ReserveRequest, outcome: ReserveOutcome, usage: object) -> Reservation:
+        denial = outcome.denial
+        if denial is not None:
+            state = denial.state
+            dimension = state.dimension
+            raise BudgetExceeded(
+                scope=state.scope,
+                dimension=dimension,
+                limit=from_units(dimension, state.max_units),
+                used=from_units(dimension, state.used),
+                held=from_units(dimension, state.held),
+                requested=from_units(dimension, denial.requested),
+                window=Window.from_key(state.window_key),
+                retry_after=denial.retry_after,
+            )
+        return Reservation(
+            id=request.id,
+            path=request.path,
+            usage=usage if isinstance(usage, Usage) else Usage.from_units(request.amounts),
+            created_at=request.now,
+            expires_at=request.expires_at,
+            limit_states=outcome.states,
+        )
+
+    @staticmethod
+    def charge(outcome: CommitOutcome, reservation_id: str, usage: Usage | None) -> Charge:
+        actual = usage
+        if actual is None:
+            units = {k: v for k, v in outcome.actual.items() if k != UNPRICED}
+            actual = Usage.from_units(units, cost_known=UNPRICED not in outcome.actual)
+        return Charge(
+            reservation_id=reservation_id,
+            path=outcome.path,
+            usage=actual,
+            committed_at=outcome.committed_at,
+            overruns=tuple(_overrun(s) for s in outcome.overruns),
+            late=outcome.late,
+            replayed=outcome.status == "replayed",
+            metadata=outcome.metadata,
+        )
+
+    @staticmethod
+    def headroom(path: str, states: tuple[LimitState, ...]) -> Headroom:
+        return Headroom(path, tuple(LimitHeadroom.from_state(s) for s in states))
+
+    @staticmethod
+    def scope_usage(scope: str, meters: ScopeMeters) -> ScopeUsage:
+        used = {k: v for k, v in meters.used.items() if k != UNPRICED}
+        held = {k: v for k, v in meters.held.items() if v and k != UNPRICED}
+        return ScopeUsage(
+            scope=scope,
+            used=Usage.from_units(used),
+            held=Usage.from_units(held),
+            limits=tuple(LimitHeadroom.from_state(s) for s in meters.limits),
+            cost_unknown=bool(meters.used.get(UNPRICED)),
+        )
+
+    @staticmethod
+    def limits(rows: list[tuple[str, str, int]]) -> tuple[Limit, ...]:
+        return tuple(
+            Limit(dimension, from_units(dimension, max_units), Window.from_key(window_key))
+            for dimension, window_key, max_units in rows
+        )
+
+
+def _charged_units(usage: Usage) -> Mapping[str, int]:
+    units = usage.units
+    if usage.cost_usd is None and units:
+        # Unknown cost is flagged on every scope, so reports never show it as a true $0.
+        return {**units, UNPRICED: 1}
+    return units
+
+
+def _overrun(state: LimitState) -> Overrun:
+    dimension = state.dimension
+    return Overrun(
+        scope=state.scope,
+        dimension=dimension,
+        window=Window.from_key(state.window_key),
+        limit=from_units(dimension, state.max_units),
+        used=from_units(dimension, state.used),
+    )
+

@@ -1,0 +1,153 @@
+"""``AsyncLedger``: the same ledger for ``async`` code, with the same method names."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+from budgeteer._clock import Clock
+from budgeteer.backends import open_backend
+from budgeteer.backends.base import Backend
+from budgeteer.errors import BackendUnavailable, BudgeteerError
+from budgeteer.ledger._frontend import DEFAULT_TTL_S, LedgerFrontend, UsageLike
+from budgeteer.model import Charge, Headroom, Limit, Reservation, ScopeUsage, Window
+
+T = TypeVar("T")
+
+
+class AsyncLedger:
+    """The async twin of ``budgeteer.Ledger``; see it for semantics.
+
+    Backends that wait on I/O (SQLite) run in a worker thread so the event loop never blocks;
+    the in-memory backend is called directly.
+    """
+
+    def __init__(
+        self,
+        url: str | Backend = "memory://",
+        *,
+        clock: Clock | None = None,
+        default_ttl_s: float = DEFAULT_TTL_S,
+    ) -> None:
+        backend = open_backend(url) if isinstance(url, str) else url
+        self._front = LedgerFrontend(backend, clock, default_ttl_s)
+        self._backend = backend
+
+    @property
+    def url(self) -> str:
+        """The backend URL, with any password removed."""
+        return self._backend.url
+
+    @property
+    def clock(self) -> Clock:
+        """The clock this ledger reads."""
+        return self._front.clock
+
+    async def set_limit(self, scope: str, limit: Limit) -> None:
+        """See ``Ledger.set_limit``."""
+        key = self._front.limit_key(scope, limit)
+        await self._call("set_limit", self._backend.set_limit, *key)
+
+    async def set_limits(self, scope: str, *limits: Limit) -> None:
+        """See ``Ledger.set_limits``."""
+        keys = [self._front.limit_key(scope, limit) for limit in limits]
+        for key in keys:
+            await self._call("set_limit", self._backend.set_limit, *key)
+
+    async def remove_limit(self, scope: str, dimension: str, window: Window | None = None) -> bool:
+        """See ``Ledger.remove_limit``."""
+        self._front.scopes(scope)
+        window_key = self._front.window_key(dimension, window)
+        return await self._call(
+            "remove_limit", self._backend.remove_limit, scope, dimension, window_key
+        )
+
+    async def limits(self, scope: str) -> tuple[Limit, ...]:
+        """See ``Ledger.limits``."""
+        self._front.scopes(scope)
+        return self._front.limits(await self._call("get_limits", self._backend.get_limits, scope))
+
+    async def reserve(
+        self, path: str, usage: UsageLike, *, ttl_s: float | None = None
+    ) -> Reservation:
+        """See ``Ledger.reserve``."""
+        request = self._front.reserve_request(path, usage, ttl_s)
+        outcome = await self._call("reserve", self._backend.reserve, request)
+        return self._front.reservation(request, outcome, usage)
+
+    async def commit(
+        self,
+        reservation: Reservation | str,
+        actual: UsageLike,
+        *,
+        metadata: Mapping[str, object] | None = None,
+    ) -> Charge:
+        """See ``Ledger.commit``."""
+        request, usage = self._front.commit_request(reservation, actual, metadata)
+        outcome = await self._call("commit", self._backend.commit, request)
+        return self._front.charge(outcome, request.id, None if outcome.status == "replayed" else usage)
+
+    async def release(self, reservation: Reservation | str) -> None:
+        """See ``Ledger.release``."""
+        reservation_id = self._front.reservation_id(reservation)
+        await self._call("release", self._backend.release, reservation_id, self._front.clock.now())
+
+    async def charge(
+        self, path: str, usage: UsageLike, *, metadata: Mapping[str, object] | None = None
+    ) -> Charge:
+        """See ``Ledger.charge``."""
+        request, checked = self._front.charge_request(path, usage, metadata)
+        outcome = await self._call("charge", self._backend.commit, request)
+        return self._front.charge(outcome, request.id, checked)
+
+    @asynccontextmanager
+    async def hold(
+        self, path: str, usage: UsageLike, *, ttl_s: float | None = None
+    ) -> AsyncIterator[Reservation]:
+        """See ``Ledger.hold``."""
+        reservation = await self.reserve(path, usage, ttl_s=ttl_s)
+        try:
+            yield reservation
+        finally:
+            try:
+                await asyncio.shield(self.release(reservation))
+            except BudgeteerError as error:
+                if getattr(error, "state", None) != "committed":
+                    raise
+
+    async def peek(self, path: str) -> Headroom:
+        """See ``Ledger.peek``."""
+        scopes = self._front.scopes(path)
+        states = await self._call("peek", self._backend.peek, scopes, self._front.clock.now())
+        return self._front.headroom(path, states)
+
+    async def usage(self, scope: str) -> ScopeUsage:
+        """See ``Ledger.usage``."""
+        self._front.scopes(scope)
+        meters = await self._call("usage", self._backend.meters, scope, self._front.clock.now())
+        return self._front.scope_usage(scope, meters)
+
+    async def close(self) -> None:
+        """Close the backend's connections."""
+        await self._call("close", self._backend.close)
+
+    async def __aenter__(self) -> AsyncLedger:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"AsyncLedger({self.url!r})"
+
+    async def _call(self, operation: str, function: Callable[..., T], *args: object) -> T:
+        try:
+            if self._backend.blocking:
+                return await asyncio.to_thread(function, *args)
+            return function(*args)
+        except BudgeteerError:
+            raise
+        except Exception as error:
+            raise BackendUnavailable(self._backend.url, operation, repr(error)) from error
