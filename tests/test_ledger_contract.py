@@ -1,4 +1,4 @@
-"""The ledger contract: every behaviour, run unchanged over every backend (see conftest.BACKENDS)."""
+"""The ledger contract: every behaviour, run unchanged over every backend (conftest.BACKENDS)."""
 
 from __future__ import annotations
 
@@ -297,9 +297,7 @@ class TestPeek:
     def test_reservation_reports_headroom_after_the_hold(self, ledger: Ledger) -> None:
         ledger.set_limit(ORG, Limit("cost_usd", 10))
         hold = ledger.reserve(RUN, Usage(cost_usd=8))
-        assert [(h.scope, h.held, h.fraction) for h in hold.headroom] == [
-            (ORG, Decimal(8), 0.8)
-        ]
+        assert [(h.scope, h.held, h.fraction) for h in hold.headroom] == [(ORG, Decimal(8), 0.8)]
 
 
 class TestLimitChanges:

@@ -117,8 +117,7 @@ def _race(db: Path, path_of: Callable[[int], str]) -> tuple[list[WorkerReport], 
     results = CTX.Queue()
     polls = CTX.Queue()
     workers = [
-        CTX.Process(target=_worker, args=(url, path_of(i), start, results))
-        for i in range(WORKERS)
+        CTX.Process(target=_worker, args=(url, path_of(i), start, results)) for i in range(WORKERS)
     ]
     poller = CTX.Process(target=_poller, args=(url, start, stop, polls))
     for process in [*workers, poller]:

@@ -87,7 +87,7 @@ class BudgetExceeded(BudgeteerError):
     @property
     def actual(self) -> Amount:
         """``used + held + requested``: what the total would have been (the 004 proposal's name)."""
-        return self.used + self.held + self.requested  # type: ignore[operator,no-any-return]
+        return self.used + self.held + self.requested  # type: ignore[operator]
 
     def __reduce__(self) -> tuple[object, ...]:
         # Keyword-only __init__ does not survive the default pickling used across processes.

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from budgeteer.backends.base import (
     CommitOutcome,
     CommitRequest,
-    LimitState,
     ReserveOutcome,
     ReserveRequest,
     ScopeMeters,
@@ -20,11 +19,9 @@ from budgeteer.ledger._core import (
     CalendarMeter,
     RollingMeter,
     deny,
-    find_denial,
-    overruns,
     window_of,
-    with_hold,
 )
+from budgeteer.model import LimitState
 
 SETTLED_MEMORY = 1_000_000
 """How many settled reservation ids the memory backend remembers for idempotent retries."""
@@ -42,22 +39,43 @@ class _Scope:
         self.meters: dict[tuple[str, str], CalendarMeter | RollingMeter] = {}
 
 
-class _Hold:
-    __slots__ = ("amounts", "expires_at", "names", "path", "scopes")
+_Check = tuple[str, str, str, int, "CalendarMeter | RollingMeter | None", _Scope]
+"""(scope name, dimension, window key, max units, windowed meter or None, scope)."""
+
+
+class _Plan:
+    """A path's scopes and their limits, valid while no limit changes (``version``)."""
+
+    __slots__ = ("checks", "path", "scopes", "version")
 
     def __init__(
-        self,
-        path: str,
-        names: tuple[str, ...],
-        scopes: tuple[_Scope, ...],
-        amounts: Mapping[str, int],
-        expires_at: float,
+        self, version: int, path: str, scopes: tuple[_Scope, ...], checks: tuple[_Check, ...]
+    ) -> None:
+        self.version = version
+        self.path = path
+        self.scopes = scopes
+        self.checks = checks
+
+
+class _Hold:
+    __slots__ = ("amounts", "expires_at", "path", "plan")
+
+    def __init__(
+        self, path: str, plan: _Plan, amounts: Mapping[str, int], expires_at: float
     ) -> None:
         self.path = path
-        self.names = names
-        self.scopes = scopes
+        self.plan = plan
         self.amounts = amounts
         self.expires_at = expires_at
+
+
+def _names(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+_new_state = tuple.__new__
+PLAN_CACHE_SIZE = 65536
 
 
 class MemoryBackend:
@@ -76,12 +94,15 @@ class MemoryBackend:
         self._settled: OrderedDict[str, CommitOutcome | str] = OrderedDict()
         # Expired holds, kept so that a late commit can still record the spend on their path.
         self._expired: dict[str, _Hold] = {}
+        self._plans: dict[str, _Plan] = {}
+        self._version = 0  # bumped by every limit change; invalidates cached plans
 
     # -- limits -----------------------------------------------------------------------------
 
     def set_limit(self, scope: str, dimension: str, window_key: str, max_units: int) -> None:
         with self._lock:
             state = self._scope(scope)
+            self._version += 1
             state.limits[(dimension, window_key)] = max_units
             window = window_of(window_key)
             if window.kind != "lifetime" and (dimension, window_key) not in state.meters:
@@ -94,6 +115,7 @@ class MemoryBackend:
             state = self._scopes.get(scope)
             if state is None or (dimension, window_key) not in state.limits:
                 return False
+            self._version += 1
             del state.limits[(dimension, window_key)]
             state.meters.pop((dimension, window_key), None)
             return True
@@ -108,39 +130,57 @@ class MemoryBackend:
     # -- the cycle --------------------------------------------------------------------------
 
     def reserve(self, request: ReserveRequest) -> ReserveOutcome:
+        # The hot path: written out flat, since every reservation runs it under the lock.
         now = request.now
         amounts = request.amounts
         with self._lock:
-            if self._expiry and self._expiry[0][0] <= now:
+            expiry = self._expiry
+            if expiry and expiry[0][0] <= now:
                 self._expire(now)
-            scopes = tuple(self._scope(name) for name in request.scopes)
-            states = self._states(request.scopes, scopes, now, amounts)
-            if states:
-                refused = find_denial(states, amounts)
-                if refused is not None:
-                    scope = scopes[request.scopes.index(refused.scope)]
-                    return ReserveOutcome(
-                        deny(refused, amounts, self._retry_after(scope, refused, amounts, now))
+            plan = self._plans.get(request.path)
+            if plan is None or plan.version != self._version:
+                plan = self._plan(request.path, request.scopes)
+            checked: list[LimitState] = []
+            for check in plan.checks:
+                name, dimension, window_key, max_units, meter, scope = check
+                requested = amounts.get(dimension)
+                if requested is None:
+                    continue
+                if meter is None:
+                    used = scope.used.get(dimension, 0)
+                else:
+                    meter.refresh(window_of(window_key), now)
+                    used = meter.used
+                held = scope.held.get(dimension, 0)
+                if used + held + requested > max_units:
+                    state = LimitState(name, dimension, window_key, max_units, used, held)
+                    retry_after = self._retry_after(scope, state, amounts, now)
+                    return ReserveOutcome(deny(state, amounts, retry_after))
+                checked.append(
+                    _new_state(
+                        LimitState,
+                        (name, dimension, window_key, max_units, used, held + requested),
                     )
+                )
+            scopes = plan.scopes
             for scope in scopes:
-                held = scope.held
+                held_map = scope.held
                 for dimension, amount in amounts.items():
-                    held[dimension] = held.get(dimension, 0) + amount
-            self._holds[request.id] = _Hold(
-                request.path, request.scopes, scopes, amounts, request.expires_at
-            )
-            heapq.heappush(self._expiry, (request.expires_at, request.id))
-            if len(self._expiry) > 2 * len(self._holds) + 1024:
+                    held_map[dimension] = held_map.get(dimension, 0) + amount
+            self._holds[request.id] = _Hold(request.path, plan, amounts, request.expires_at)
+            heapq.heappush(expiry, (request.expires_at, request.id))
+            if len(expiry) > 2 * len(self._holds) + 1024:
                 self._compact_expiry()
-            return ReserveOutcome(None, with_hold(states, amounts) if states else ())
+            return ReserveOutcome(None, tuple(checked))
 
     def commit(self, request: CommitRequest) -> CommitOutcome:
         now = request.now
         with self._lock:
             if request.direct_path is not None:
-                names = request.direct_scopes
-                scopes = tuple(self._scope(name) for name in names)
-                return self._record(request, request.direct_path, names, scopes, "committed")
+                plan = self._plans.get(request.direct_path)
+                if plan is None or plan.version != self._version:
+                    plan = self._plan(request.direct_path, request.direct_scopes)
+                return self._record(request, plan, "committed")
             hold = self._holds.pop(request.id, None)
             if hold is None:
                 if self._expiry and self._expiry[0][0] <= now:
@@ -149,9 +189,9 @@ class MemoryBackend:
             if hold.expires_at <= now:
                 # Expired but not yet reclaimed: reclaim it, then record the usage as late.
                 self._drop_hold(hold)
-                return self._record(request, hold.path, hold.names, hold.scopes, "late")
+                return self._record(request, self._current(hold.plan), "late")
             self._drop_hold(hold)
-            return self._record(request, hold.path, hold.names, hold.scopes, "committed")
+            return self._record(request, self._current(hold.plan), "committed")
 
     def release(self, reservation_id: str, now: float) -> None:
         del now  # a hold past its TTL that was not reclaimed yet is released all the same
@@ -207,7 +247,7 @@ class MemoryBackend:
         now: float,
         amounts: Mapping[str, int] | None,
     ) -> tuple[LimitState, ...]:
-        """Current counters of each limit on ``scopes`` (only dimensions in ``amounts``, if given)."""
+        """Current counters of each limit on ``scopes`` (only ``amounts``' dimensions, if given)."""
         states: list[LimitState] = []
         for name, scope in zip(names, scopes, strict=True):
             if not scope.limits:
@@ -240,46 +280,57 @@ class MemoryBackend:
             return meter.retry_after(over, state.held, requested, state.max_units, now)
         return None
 
-    def _record(
-        self,
-        request: CommitRequest,
-        path: str,
-        names: tuple[str, ...],
-        scopes: tuple[_Scope, ...],
-        status: str,
-    ) -> CommitOutcome:
+    def _record(self, request: CommitRequest, plan: _Plan, status: str) -> CommitOutcome:
         now = request.now
         actual = request.actual
-        over: list[LimitState] = []
-        for name, scope in zip(names, scopes, strict=True):
+        for scope in plan.scopes:
             used = scope.used
             for dimension, amount in actual.items():
                 used[dimension] = used.get(dimension, 0) + amount
-            if scope.meters:
-                for (dimension, window_key), meter in scope.meters.items():
-                    amount = actual.get(dimension, 0)
+            meters = scope.meters
+            if meters:
+                for (dimension, window_key), meter in meters.items():
                     window = window_of(window_key)
                     meter.refresh(window, now)
+                    amount = actual.get(dimension, 0)
                     if amount:
                         if isinstance(meter, RollingMeter):
                             meter.add(window, now, amount)
                         else:
                             meter.used += amount
-            if scope.limits:
-                states = self._states((name,), (scope,), now, actual)
-                over.extend(overruns(states))
+        over: list[LimitState] = []
+        for name, dimension, window_key, max_units, limit_meter, scope in plan.checks:
+            if dimension in actual:
+                total = scope.used[dimension] if limit_meter is None else limit_meter.used
+                if total > max_units:
+                    held = scope.held.get(dimension, 0)
+                    over.append(LimitState(name, dimension, window_key, max_units, total, held))
         outcome = CommitOutcome(
-            status="committed",
-            path=path,
-            actual=dict(actual),
-            committed_at=now,
-            overruns=tuple(over),
-            metadata=dict(request.metadata),
-            late=status == "late",
+            "committed", plan.path, actual, now, tuple(over), request.metadata, status == "late"
         )
         if request.direct_path is None:
             self._remember(request.id, outcome)
         return outcome
+
+    def _plan(self, path: str, names: tuple[str, ...]) -> _Plan:
+        """The scopes of ``path`` and their limits, cached until a limit changes."""
+        scopes = tuple(self._scope(name) for name in names)
+        checks = tuple(
+            (
+                name,
+                dimension,
+                window_key,
+                max_units,
+                scope.meters.get((dimension, window_key)),
+                scope,
+            )
+            for name, scope in zip(names, scopes, strict=True)
+            for (dimension, window_key), max_units in scope.limits.items()
+        )
+        if len(self._plans) >= PLAN_CACHE_SIZE:
+            self._plans.clear()
+        plan = self._plans[path] = _Plan(self._version, path, scopes, checks)
+        return plan
 
     def _settle_again(self, request: CommitRequest) -> CommitOutcome:
         settled = self._settled.get(request.id)
@@ -299,10 +350,15 @@ class MemoryBackend:
             raise ReservationSettled(request.id, "released", "commit")
         # Expired and reclaimed: the spend happened, so record it late (and remember it).
         hold = self._expired.pop(request.id)
-        return self._record(request, hold.path, hold.names, hold.scopes, "late")
+        return self._record(request, self._current(hold.plan), "late")
+
+    def _current(self, plan: _Plan) -> _Plan:
+        if plan.version == self._version:
+            return plan
+        return self._plan(plan.path, tuple(prefix for prefix in _names(plan.path)))
 
     def _drop_hold(self, hold: _Hold) -> None:
-        for scope in hold.scopes:
+        for scope in hold.plan.scopes:
             held = scope.held
             for dimension, amount in hold.amounts.items():
                 held[dimension] -= amount

@@ -26,7 +26,6 @@ from urllib.parse import parse_qs, urlsplit
 from budgeteer.backends.base import (
     CommitOutcome,
     CommitRequest,
-    LimitState,
     ReserveOutcome,
     ReserveRequest,
     ScopeMeters,
@@ -42,6 +41,7 @@ from budgeteer.ledger._core import (
     window_of,
     with_hold,
 )
+from budgeteer.model import LimitState
 
 SCHEMA_VERSION = 1
 EXPIRE_BATCH = 256
@@ -87,7 +87,8 @@ WHERE l.scope IN ({marks})
 
 _ADD_TOTALS = """
 INSERT INTO totals (scope, dimension, used, held) VALUES (?, ?, ?, ?)
-ON CONFLICT (scope, dimension) DO UPDATE SET used = used + excluded.used, held = held + excluded.held
+ON CONFLICT (scope, dimension)
+DO UPDATE SET used = used + excluded.used, held = held + excluded.held
 """
 
 
@@ -98,12 +99,31 @@ def _limit_rows_sql(count: int) -> str:
 class _Row:
     """A limit row read inside a transaction, with its window meter brought up to ``now``."""
 
-    __slots__ = ("dimension", "max_units", "meter_end", "meter_start", "meter_used", "scope",
-                 "total_used", "held", "window_key", "dirty")
+    __slots__ = (
+        "dimension",
+        "dirty",
+        "held",
+        "max_units",
+        "meter_end",
+        "meter_start",
+        "meter_used",
+        "scope",
+        "total_used",
+        "window_key",
+    )
 
     def __init__(self, row: tuple[object, ...]) -> None:
-        (self.scope, self.dimension, self.window_key, self.max_units, self.total_used, self.held,
-         self.meter_start, self.meter_end, self.meter_used) = row  # type: ignore[assignment]
+        (
+            self.scope,
+            self.dimension,
+            self.window_key,
+            self.max_units,
+            self.total_used,
+            self.held,
+            self.meter_start,
+            self.meter_end,
+            self.meter_used,
+        ) = row  # type: ignore[assignment]
         self.dirty = False
 
     scope: str
@@ -133,8 +153,13 @@ class SQLiteBackend:
     blocking = True
     """Operations wait on file locks and disk, so the async ledger runs them in a thread."""
 
-    def __init__(self, path: str | os.PathLike[str], *, durability: str = "process",
-                 busy_timeout_ms: int = 30_000) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: str = "process",
+        busy_timeout_ms: int = 30_000,
+    ) -> None:
         if durability not in ("process", "power-loss"):
             raise InvalidInput("durability", durability, "use 'process' or 'power-loss'")
         self.path = Path(path)
@@ -193,7 +218,8 @@ class SQLiteBackend:
             local.conn = conn
             local.pid = os.getpid()
             local.lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        return conn, local.lock_fd  # type: ignore[no-any-return]
+        lock_fd: int = local.lock_fd
+        return conn, lock_fd
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -224,7 +250,8 @@ class SQLiteBackend:
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO limits (scope, dimension, window, max_units) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (scope, dimension, window) DO UPDATE SET max_units = excluded.max_units",
+                "ON CONFLICT (scope, dimension, window)"
+                " DO UPDATE SET max_units = excluded.max_units",
                 (scope, dimension, window_key, max_units),
             )
             if window_key != "lifetime":
@@ -240,7 +267,9 @@ class SQLiteBackend:
                 "DELETE FROM limits WHERE scope = ? AND dimension = ? AND window = ?", key
             ).rowcount
             conn.execute("DELETE FROM meters WHERE scope = ? AND dimension = ? AND window = ?", key)
-            conn.execute("DELETE FROM buckets WHERE scope = ? AND dimension = ? AND window = ?", key)
+            conn.execute(
+                "DELETE FROM buckets WHERE scope = ? AND dimension = ? AND window = ?", key
+            )
         return bool(removed)
 
     def get_limits(self, scope: str) -> list[tuple[str, str, int]]:
@@ -392,8 +421,10 @@ class SQLiteBackend:
         if dirty:
             conn.executemany(
                 "INSERT OR REPLACE INTO meters VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.scope, r.dimension, r.window_key, r.meter_start, r.meter_end, r.meter_used)
-                 for r in dirty],
+                [
+                    (r.scope, r.dimension, r.window_key, r.meter_start, r.meter_end, r.meter_used)
+                    for r in dirty
+                ],
             )
             for row in dirty:
                 row.dirty = False
@@ -450,9 +481,14 @@ class SQLiteBackend:
                     conn.execute(
                         "INSERT INTO buckets VALUES (?, ?, ?, ?, ?) ON CONFLICT"
                         " (scope, dimension, window, bucket) DO UPDATE SET amount = amount + ?",
-                        (row.scope, row.dimension, row.window_key,
-                         int(now // window.granularity_s), actual[row.dimension],
-                         actual[row.dimension]),
+                        (
+                            row.scope,
+                            row.dimension,
+                            row.window_key,
+                            int(now // window.granularity_s),
+                            actual[row.dimension],
+                            actual[row.dimension],
+                        ),
                     )
         self._write_meters(conn, rows)
         over = overruns(r.state() for r in rows)
@@ -460,8 +496,14 @@ class SQLiteBackend:
         conn.execute(
             "UPDATE reservations SET state = 'committed', actual = ?, settled_at = ?, late = ?,"
             " overruns = ?, metadata = ? WHERE id = ?",
-            (_dump(actual), now, int(late), json.dumps([list(s) for s in over]),
-             json.dumps(metadata), request.id),
+            (
+                _dump(actual),
+                now,
+                int(late),
+                json.dumps([list(s) for s in over]),
+                json.dumps(metadata),
+                request.id,
+            ),
         )
         return CommitOutcome(
             status="committed",

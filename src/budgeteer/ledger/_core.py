@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping
 from budgeteer.backends.base import Denial
 from budgeteer.model import LimitState, Window
 
-
 window_of = Window.from_key
 
 
@@ -60,7 +59,9 @@ class CalendarMeter:
             self.start, self.end = window.period_bounds(now)
             self.used = 0
 
-    def retry_after(self, over_units: int, held: int, requested: int, max_units: int, now: float) -> float | None:
+    def retry_after(
+        self, over_units: int, held: int, requested: int, max_units: int, now: float
+    ) -> float | None:
         """Seconds until the period ends, if a fresh period would admit the request."""
         del over_units
         return max(0.0, self.end - now) if held + requested <= max_units else None
@@ -117,9 +118,7 @@ def rolling_retry_after(
     return None
 
 
-def deny(
-    state: LimitState, amounts: Mapping[str, int], retry_after: float | None
-) -> Denial:
+def deny(state: LimitState, amounts: Mapping[str, int], retry_after: float | None) -> Denial:
     """Build the denial record for ``state``."""
     return Denial(state=state, requested=amounts[state.dimension], retry_after=retry_after)
 

@@ -10,6 +10,7 @@ import itertools
 import math
 import secrets
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from budgeteer._clock import SYSTEM_CLOCK, Clock
 from budgeteer.backends.base import (
@@ -46,6 +47,7 @@ MAX_METADATA_ITEMS = 32
 MAX_METADATA_CHARS = 1024
 
 UsageLike = Usage | Mapping[str, object]
+NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
 def as_usage(value: object, field_name: str) -> Usage:
@@ -99,9 +101,9 @@ class LedgerFrontend:
         return float(ttl_s)
 
     @staticmethod
-    def check_metadata(metadata: Mapping[str, object] | None) -> dict[str, str]:
+    def check_metadata(metadata: Mapping[str, object] | None) -> Mapping[str, str]:
         if not metadata:
-            return {}
+            return NO_METADATA
         if not isinstance(metadata, Mapping) or len(metadata) > MAX_METADATA_ITEMS:
             raise InvalidInput(
                 "metadata", metadata, f"expected a mapping of at most {MAX_METADATA_ITEMS} items"
@@ -193,12 +195,12 @@ class LedgerFrontend:
                 retry_after=denial.retry_after,
             )
         return Reservation(
-            id=request.id,
-            path=request.path,
-            usage=usage if isinstance(usage, Usage) else Usage.from_units(request.amounts),
-            created_at=request.now,
-            expires_at=request.expires_at,
-            limit_states=outcome.states,
+            request.id,
+            request.path,
+            usage if isinstance(usage, Usage) else Usage.from_units(request.amounts),
+            request.now,
+            request.expires_at,
+            outcome.states,
         )
 
     @staticmethod
@@ -208,14 +210,14 @@ class LedgerFrontend:
             units = {k: v for k, v in outcome.actual.items() if k != UNPRICED}
             actual = Usage.from_units(units, cost_known=UNPRICED not in outcome.actual)
         return Charge(
-            reservation_id=reservation_id,
-            path=outcome.path,
-            usage=actual,
-            committed_at=outcome.committed_at,
-            overruns=tuple(_overrun(s) for s in outcome.overruns),
-            late=outcome.late,
-            replayed=outcome.status == "replayed",
-            metadata=outcome.metadata,
+            reservation_id,
+            outcome.path,
+            actual,
+            outcome.committed_at,
+            tuple(_overrun(s) for s in outcome.overruns) if outcome.overruns else (),
+            outcome.late,
+            outcome.status == "replayed",
+            outcome.metadata,
         )
 
     @staticmethod
@@ -226,12 +228,14 @@ class LedgerFrontend:
     def scope_usage(scope: str, meters: ScopeMeters) -> ScopeUsage:
         used = {k: v for k, v in meters.used.items() if k != UNPRICED}
         held = {k: v for k, v in meters.held.items() if v and k != UNPRICED}
+        cost_unknown = bool(meters.used.get(UNPRICED))
         return ScopeUsage(
             scope=scope,
-            used=Usage.from_units(used),
+            # Unknown cost stays None unless some cost is known (then it is a lower bound).
+            used=Usage.from_units(used, cost_known=not cost_unknown),
             held=Usage.from_units(held),
             limits=tuple(LimitHeadroom.from_state(s) for s in meters.limits),
-            cost_unknown=bool(meters.used.get(UNPRICED)),
+            cost_unknown=cost_unknown,
         )
 
     @staticmethod
@@ -259,4 +263,3 @@ def _overrun(state: LimitState) -> Overrun:
         limit=from_units(dimension, state.max_units),
         used=from_units(dimension, state.used),
     )
-

@@ -87,7 +87,9 @@ class AsyncLedger:
         """See ``Ledger.commit``."""
         request, usage = self._front.commit_request(reservation, actual, metadata)
         outcome = await self._call("commit", self._backend.commit, request)
-        return self._front.charge(outcome, request.id, None if outcome.status == "replayed" else usage)
+        return self._front.charge(
+            outcome, request.id, None if outcome.status == "replayed" else usage
+        )
 
     async def release(self, reservation: Reservation | str) -> None:
         """See ``Ledger.release``."""

@@ -78,9 +78,7 @@ class Ledger:
         """Remove ``scope``'s limit on ``dimension`` over ``window`` (lifetime if omitted)."""
         self._front.scopes(scope)
         window_key = self._front.window_key(dimension, window)
-        return self._call(
-            "remove_limit", self._backend.remove_limit, scope, dimension, window_key
-        )
+        return self._call("remove_limit", self._backend.remove_limit, scope, dimension, window_key)
 
     def limits(self, scope: str) -> tuple[Limit, ...]:
         """``scope``'s own limits (not those of its parents)."""
@@ -118,7 +116,9 @@ class Ledger:
         """
         request, usage = self._front.commit_request(reservation, actual, metadata)
         outcome = self._call("commit", self._backend.commit, request)
-        return self._front.charge(outcome, request.id, None if outcome.status == "replayed" else usage)
+        return self._front.charge(
+            outcome, request.id, None if outcome.status == "replayed" else usage
+        )
 
     def release(self, reservation: Reservation | str) -> None:
         """Free the hold; a second release is a no-op.

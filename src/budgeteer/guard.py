@@ -1,0 +1,885 @@
+"""The run guard: what an agent loop talks to.
+
+A guard binds one run to a scope path (and its own per-run caps) and turns each step of an agent
+loop into a ledger cycle: an estimate is reserved *before* each model call, reconciled with the
+provider's reported usage *after* it, and every tool call, iteration and agent hop is admitted
+the same way. ``RunGuard`` (sync) and ``AsyncRunGuard`` share ``_RunState`` for everything but I/O.
+
+Deadlines: ``async`` code gets asyncio cancellation (``asyncio.timeout``). Sync code in the main
+thread gets ``SIGALRM`` (the body is interrupted, like ``pytest-timeout``); in other threads a
+sync deadline is checked at every admission and at the end of each step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Literal
+
+from budgeteer.errors import BudgetExceeded, InvalidInput, StepTimeout
+from budgeteer.ledger import AsyncLedger, Ledger
+from budgeteer.model import Limit, Reservation, Usage, Window, parse_path
+
+if TYPE_CHECKING:
+    from budgeteer.pricing import Pricing
+
+logger = logging.getLogger("budgeteer.guard")
+
+DEFAULT_MAX_TOKENS = 4096
+"""Output tokens reserved for a model call that does not say its ``max_tokens``."""
+BYTES_PER_TOKEN = 3
+"""Prompt estimate: one token per 3 UTF-8 bytes, deliberately pessimistic (real text: ~4)."""
+TOKENS_PER_MESSAGE = 4
+"""Prompt estimate: per-message framing tokens (role markers and separators)."""
+
+
+def estimate_prompt_tokens(prompt: str | Sequence[object] | None) -> int:
+    """An offline, pessimistic token count for a prompt: a string or a list of chat messages.
+
+    Messages may be dicts with ``content`` as a string or a list of parts with ``text``; other
+    objects are counted by their ``str``. No tokenizer files are needed.
+    """
+    if prompt is None:
+        return 0
+    if isinstance(prompt, str):
+        return -(-len(prompt.encode()) // BYTES_PER_TOKEN)
+    total = 0
+    for message in prompt:
+        total += TOKENS_PER_MESSAGE + estimate_prompt_tokens(_message_text(message))
+    return total
+
+
+def _message_text(message: object) -> str:
+    if isinstance(message, str):
+        return message
+    if isinstance(message, Mapping):
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            return " ".join(
+                str(part.get("text", "")) if isinstance(part, Mapping) else str(part)
+                for part in content
+            )
+        return str(content or "")
+    return str(message)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetWarning:
+    """A limit on the run's path passed the soft threshold (once per limit per run)."""
+
+    scope: str
+    """The scope whose limit is nearly spent."""
+    dimension: str
+    """The dimension."""
+    window: Window
+    """The limit's window."""
+    fraction: float
+    """``(used + held) / limit`` when the warning fired."""
+    limit: object
+    """The cap, in API units."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """What one guarded run spent, and why it stopped."""
+
+    path: str
+    """The run's scope path."""
+    status: Literal["completed", "stopped", "failed"]
+    """``stopped``: a budget or deadline ended it; ``failed``: another exception did."""
+    usage: Usage
+    """Everything this run committed (cost ``None`` if any call's cost was unknown)."""
+    stopped_by: BudgetExceeded | None
+    """The refusal that stopped the run, with its scope, dimension, limit and amounts."""
+    duration_s: float
+    """Wall-clock seconds from entering the guard to leaving it."""
+    model_calls: int
+    """Model calls admitted."""
+    warnings: tuple[BudgetWarning, ...] = ()
+    """Soft-threshold warnings, in order."""
+    models: Mapping[str, int] = field(default_factory=dict)
+    """Model calls settled per model name."""
+
+    @property
+    def cost_usd(self) -> Decimal | None:
+        """The run's cost, ``None`` if unknown."""
+        return self.usage.cost_usd
+
+
+class _RunState:
+    """The I/O-free part of a guard, shared by the sync and async drivers."""
+
+    def __init__(
+        self,
+        path: str,
+        limits: Iterable[Limit],
+        pricing: Pricing | None,
+        warn_at: float,
+        on_warning: Callable[[BudgetWarning], None] | None,
+        default_max_tokens: int,
+        ttl_s: float | None,
+        monotonic: Callable[[], float],
+    ) -> None:
+        parse_path(path)
+        self.path = path
+        self.limits = tuple(limits)
+        for limit in self.limits:
+            if not isinstance(limit, Limit):
+                raise InvalidInput("limits", limit, "expected budgeteer.Limit objects")
+        if not (isinstance(warn_at, int | float) and 0 < warn_at <= 1):
+            raise InvalidInput("warn_at", warn_at, "expected a fraction in (0, 1]")
+        if not isinstance(default_max_tokens, int) or default_max_tokens < 1:
+            raise InvalidInput("default_max_tokens", default_max_tokens, "expected an int >= 1")
+        self.pricing = pricing
+        self.warn_at = float(warn_at)
+        self.on_warning = on_warning
+        self.default_max_tokens = default_max_tokens
+        self.ttl_s = ttl_s
+        self.monotonic = monotonic
+        self.deadline_s = _wall_time_cap(self.limits)
+        self.started = 0.0
+        self.used = Usage(cost_usd=Decimal(0))
+        self.model_calls = 0
+        self.models: dict[str, int] = {}
+        self.warned: set[tuple[str, str, str]] = set()
+        self.warnings: list[BudgetWarning] = []
+        self.stopped_by: BudgetExceeded | None = None
+        self.finished: RunReport | None = None
+        self.open_holds: dict[str, Reservation] = {}
+
+    # -- estimates and prices -------------------------------------------------------------------
+
+    def call_estimate(
+        self,
+        model: str | None,
+        prompt: str | Sequence[object] | None,
+        max_tokens: int | None,
+        estimate: Usage | None,
+        provider: str | None,
+    ) -> Usage:
+        if estimate is not None:
+            if not isinstance(estimate, Usage):
+                raise InvalidInput("estimate", estimate, "expected a budgeteer.Usage")
+            usage = estimate if estimate.requests else estimate.replace(requests=1)
+        else:
+            if max_tokens is not None and (
+                isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0
+            ):
+                raise InvalidInput("max_tokens", max_tokens, "expected a whole number >= 0")
+            usage = Usage(
+                input_tokens=estimate_prompt_tokens(prompt),
+                output_tokens=self.default_max_tokens if max_tokens is None else max_tokens,
+                requests=1,
+            )
+        if usage.cost_usd is None and model is not None and self.pricing is not None:
+            usage = usage.replace(
+                cost_usd=self.pricing.price(model, usage, provider=provider).cost_usd
+            )
+        return usage
+
+    def priced(
+        self,
+        model: str | None,
+        usage: Usage,
+        provider: str | None,
+        service_tier: str | None,
+    ) -> tuple[Usage, dict[str, str]]:
+        if not isinstance(usage, Usage):
+            raise InvalidInput("usage", usage, "expected a budgeteer.Usage")
+        if not usage.requests:
+            usage = usage.replace(requests=1)
+        if model is None or self.pricing is None or usage.cost_usd is not None:
+            return usage, ({"model": model} if model else {})
+        price = self.pricing.price(model, usage, provider=provider, service_tier=service_tier)
+        return usage.replace(cost_usd=price.cost_usd), price.metadata()
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def committed(self, usage: Usage, model: str | None = None) -> None:
+        self.used = self.used + usage
+        if model:
+            self.models[model] = self.models.get(model, 0) + 1
+
+    def check_warnings(self, reservation: Reservation) -> None:
+        for state in reservation.limit_states:
+            if not state.max_units:
+                continue
+            fraction = (state.used + state.held) / state.max_units
+            key = (state.scope, state.dimension, state.window_key)
+            if fraction >= self.warn_at and key not in self.warned:
+                self.warned.add(key)
+                head = next(
+                    h
+                    for h in reservation.headroom
+                    if h.scope == state.scope
+                    and h.dimension == state.dimension
+                    and h.window.key == state.window_key
+                )
+                warning = BudgetWarning(
+                    state.scope, state.dimension, head.window, fraction, head.limit
+                )
+                self.warnings.append(warning)
+                logger.warning(
+                    "budget warning: %s %s at %.0f%% of %s",
+                    state.scope,
+                    state.dimension,
+                    fraction * 100,
+                    head.limit,
+                )
+                if self.on_warning is not None:
+                    self.on_warning(warning)
+
+    def deadline_error(self) -> BudgetExceeded | None:
+        if self.deadline_s is None:
+            return None
+        elapsed = self.monotonic() - self.started
+        if elapsed < self.deadline_s:
+            return None
+        return BudgetExceeded(
+            scope=self.path,
+            dimension="wall_time_s",
+            limit=self.deadline_s,
+            used=elapsed,
+            held=0,
+            requested=0,
+            window=None,
+            retry_after=None,
+        )
+
+    def remaining_s(self) -> float | None:
+        if self.deadline_s is None:
+            return None
+        return self.deadline_s - (self.monotonic() - self.started)
+
+    def stop(self, error: BudgetExceeded) -> BudgetExceeded:
+        if self.stopped_by is None:
+            self.stopped_by = error
+        return error
+
+    def wall_time_usage(self) -> Usage:
+        return Usage(wall_time_s=max(0.0, self.monotonic() - self.started), cost_usd=Decimal(0))
+
+    def report(self, error: BaseException | None) -> RunReport:
+        if self.finished is None:
+            if isinstance(error, BudgetExceeded):
+                self.stop(error)
+            status: Literal["completed", "stopped", "failed"] = (
+                "stopped"
+                if self.stopped_by is not None
+                else "failed"
+                if error is not None
+                else "completed"
+            )
+            self.finished = RunReport(
+                path=self.path,
+                status=status,
+                usage=self.used,
+                stopped_by=self.stopped_by,
+                duration_s=self.monotonic() - self.started,
+                model_calls=self.model_calls,
+                warnings=tuple(self.warnings),
+                models=dict(self.models),
+            )
+        return self.finished
+
+
+def _wall_time_cap(limits: Iterable[Limit]) -> float | None:
+    caps = [
+        float(limit.max)
+        for limit in limits
+        if limit.dimension == "wall_time_s" and limit.window.kind == "lifetime"
+    ]
+    return min(caps) if caps else None
+
+
+# -- sync deadlines via SIGALRM --------------------------------------------------------------
+
+
+class _Alarms:
+    """Nested deadlines for sync code on the main thread, multiplexed onto one ``SIGALRM`` timer."""
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[float, Callable[[], BaseException]]] = []
+        self._previous: object = None
+        self._monotonic: Callable[[], float] = lambda: 0.0
+
+    @staticmethod
+    def usable() -> bool:
+        return (
+            hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+        )
+
+    def push(
+        self, deadline: float, error: Callable[[], BaseException], monotonic: Callable[[], float]
+    ) -> tuple[float, Callable[[], BaseException]]:
+        entry = (deadline, error)
+        if not self._entries:
+            self._previous = signal.signal(signal.SIGALRM, self._fire)
+        self._monotonic = monotonic
+        self._entries.append(entry)
+        self._arm()
+        return entry
+
+    def pop(self, entry: tuple[float, Callable[[], BaseException]]) -> None:
+        if entry in self._entries:
+            self._entries.remove(entry)
+        if self._entries:
+            self._arm()
+        else:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous)  # type: ignore[arg-type]
+
+    def _arm(self) -> None:
+        soonest = min(deadline for deadline, _ in self._entries)
+        signal.setitimer(signal.ITIMER_REAL, max(soonest - self._monotonic(), 1e-4))
+
+    def _fire(self, signum: int, frame: FrameType | None) -> None:
+        del signum, frame
+        now = self._monotonic()
+        due = [entry for entry in self._entries if entry[0] <= now + 1e-3]
+        if not due:
+            self._arm()
+            return
+        entry = min(due, key=lambda e: e[0])
+        self.pop(entry)
+        raise entry[1]()
+
+
+_ALARMS = _Alarms()
+
+
+def _check_timeout(timeout_s: object, field_name: str) -> float:
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, int | float)
+        or not math.isfinite(timeout_s)
+        or timeout_s <= 0
+    ):
+        raise InvalidInput(field_name, timeout_s, "expected seconds > 0")
+    return float(timeout_s)
+
+
+# -- the sync driver -------------------------------------------------------------------------
+
+
+class ModelCall:
+    """One admitted model call. Call ``settle`` with the provider's usage when it returns.
+
+    Leaving the block without ``settle`` commits the estimate if the block succeeded (the call
+    was presumably made), and releases the hold if it raised (the call presumably failed).
+    """
+
+    def __init__(
+        self, guard: RunGuard, reservation: Reservation, model: str | None, provider: str | None
+    ) -> None:
+        self.reservation = reservation
+        """The hold taken for the estimate."""
+        self.model = model
+        """The model the call was admitted for (``settle`` may name another, after a fallback)."""
+        self._guard = guard
+        self._provider = provider
+        self.settled: Usage | None = None
+        """The usage committed, once settled."""
+
+    @property
+    def estimate(self) -> Usage:
+        """What was reserved."""
+        return self.reservation.usage
+
+    def settle(
+        self, usage: Usage, *, model: str | None = None, service_tier: str | None = None
+    ) -> Usage:
+        """Commit the call's actual ``usage``, priced for ``model`` (default: the admitted one)."""
+        if self.settled is not None:
+            return self.settled
+        self.settled = self._guard._settle_call(
+            self.reservation, usage, model or self.model, self._provider, service_tier
+        )
+        return self.settled
+
+
+class RunGuard:
+    """Per-run enforcement for a sync agent loop.
+
+    Example::
+
+        with RunGuard(ledger, "org:acme/engineer:e17/session:7f3c",
+                      limits=[Limit("cost_usd", "2"), Limit("tool_calls", 50)],
+                      pricing=Pricing()) as run:
+            while not done:
+                run.iteration()
+                with run.model_call("gpt-4o", prompt=messages, max_tokens=1024) as call:
+                    response = client.chat(...)
+                    call.settle(Usage(input_tokens=..., output_tokens=...))
+                with run.tool_call("search"):
+                    search(...)
+        print(run.report)
+
+    Args:
+        ledger: The ledger that holds every scope's limits.
+        path: The run's scope path; every prefix is charged too.
+        limits: Per-run caps, set on ``path`` itself. A lifetime ``wall_time_s`` limit is also
+            the run's deadline.
+        pricing: Prices model calls; without it, costs must come in the usage you settle.
+        warn_at: Soft threshold, as a fraction of any limit on the path (default 0.8).
+        on_warning: Called once per limit that passes ``warn_at``.
+        default_max_tokens: Output tokens reserved when a call does not say its ``max_tokens``.
+        ttl_s: How long each hold lives if this process dies before settling it.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        path: str,
+        *,
+        limits: Iterable[Limit] = (),
+        pricing: Pricing | None = None,
+        warn_at: float = 0.8,
+        on_warning: Callable[[BudgetWarning], None] | None = None,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        ttl_s: float | None = None,
+    ) -> None:
+        if not isinstance(ledger, Ledger):
+            raise InvalidInput(
+                "ledger", ledger, "expected a budgeteer.Ledger (AsyncRunGuard takes an AsyncLedger)"
+            )
+        self.ledger = ledger
+        self._state = _RunState(
+            path,
+            limits,
+            pricing,
+            warn_at,
+            on_warning,
+            default_max_tokens,
+            ttl_s,
+            ledger.clock.monotonic,
+        )
+        self._alarm: tuple[float, Callable[[], BaseException]] | None = None
+
+    @property
+    def path(self) -> str:
+        """The run's scope path."""
+        return self._state.path
+
+    @property
+    def usage(self) -> Usage:
+        """What the run has committed so far."""
+        return self._state.used
+
+    @property
+    def report(self) -> RunReport:
+        """The run report (final once the ``with`` block has exited)."""
+        return self._state.finished or self._state.report(None)
+
+    def __enter__(self) -> RunGuard:
+        state = self._state
+        for limit in state.limits:
+            self.ledger.set_limit(state.path, limit)
+        state.started = state.monotonic()
+        if state.deadline_s is not None and _ALARMS.usable():
+            self._alarm = _ALARMS.push(
+                state.started + state.deadline_s,
+                lambda: state.stop(state.deadline_error() or _overdue(state)),
+                state.monotonic,
+            )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._alarm is not None:
+            _ALARMS.pop(self._alarm)
+            self._alarm = None
+        state = self._state
+        for reservation in list(state.open_holds.values()):
+            self._release(reservation)
+        wall = state.wall_time_usage()
+        if wall.wall_time_s:
+            self.ledger.charge(state.path, wall, metadata={"kind": "wall_time"})
+            state.committed(wall)
+        state.report(exc)
+
+    # -- admission ------------------------------------------------------------------------------
+
+    @contextmanager
+    def model_call(
+        self,
+        model: str | None = None,
+        *,
+        prompt: str | Sequence[object] | None = None,
+        max_tokens: int | None = None,
+        estimate: Usage | None = None,
+        provider: str | None = None,
+    ) -> Iterator[ModelCall]:
+        """Admit one model call: reserve its estimate (prompt size + ``max_tokens``, priced).
+
+        Raises:
+            BudgetExceeded: the call would cross a limit (nothing was spent).
+            UnknownModel: no price for ``model`` under the pricing's "refuse" policy.
+        """
+        state = self._state
+        usage = state.call_estimate(model, prompt, max_tokens, estimate, provider)
+        reservation = self._reserve(usage)
+        state.model_calls += 1
+        call = ModelCall(self, reservation, model, provider)
+        try:
+            yield call
+        except BaseException:
+            if call.settled is None:
+                self._release(reservation)
+            raise
+        if call.settled is None:
+            call.settle(reservation.usage)
+
+    def tool_call(self, name: str = "tool") -> _NullContext:
+        """Admit one tool call (``tool_calls`` += 1), as a context manager or a plain call."""
+        del name
+        self._admit(Usage(tool_calls=1, cost_usd=Decimal(0)))
+        return _NULL_CONTEXT
+
+    def iteration(self) -> None:
+        """Count one loop iteration (raises ``BudgetExceeded`` at the cap)."""
+        self._admit(Usage(iterations=1, cost_usd=Decimal(0)))
+
+    def hop(self) -> None:
+        """Count one agent hop (hand-off or sub-agent)."""
+        self._admit(Usage(agent_hops=1, cost_usd=Decimal(0)))
+
+    @contextmanager
+    def step(self, name: str, timeout_s: float) -> Iterator[None]:
+        """Run the block with its own timeout; raises ``StepTimeout`` when it passes.
+
+        In the main thread the block is interrupted (``SIGALRM``); elsewhere the timeout is
+        checked when the block ends.
+        """
+        timeout = _check_timeout(timeout_s, "timeout_s")
+        monotonic = self._state.monotonic
+        started = monotonic()
+        entry = None
+        if _ALARMS.usable():
+            entry = _ALARMS.push(started + timeout, lambda: StepTimeout(name, timeout), monotonic)
+        try:
+            yield
+        finally:
+            if entry is not None:
+                _ALARMS.pop(entry)
+        if monotonic() - started > timeout:
+            raise StepTimeout(name, timeout)
+
+    def check_deadline(self) -> None:
+        """Raise ``BudgetExceeded`` on ``wall_time_s`` if the run's deadline has passed."""
+        error = self._state.deadline_error()
+        if error is not None:
+            raise self._state.stop(error)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _reserve(self, usage: Usage) -> Reservation:
+        self.check_deadline()
+        try:
+            reservation = self.ledger.reserve(self._state.path, usage, ttl_s=self._state.ttl_s)
+        except BudgetExceeded as error:
+            raise self._state.stop(error) from None
+        self._state.open_holds[reservation.id] = reservation
+        self._state.check_warnings(reservation)
+        return reservation
+
+    def _admit(self, usage: Usage) -> None:
+        reservation = self._reserve(usage)
+        self.ledger.commit(reservation, usage)
+        self._state.open_holds.pop(reservation.id, None)
+        self._state.committed(usage)
+
+    def _settle_call(
+        self,
+        reservation: Reservation,
+        usage: Usage,
+        model: str | None,
+        provider: str | None,
+        service_tier: str | None,
+    ) -> Usage:
+        priced, metadata = self._state.priced(model, usage, provider, service_tier)
+        try:
+            self.ledger.commit(reservation, priced, metadata=metadata)
+        finally:
+            self._state.open_holds.pop(reservation.id, None)
+        self._state.committed(priced, model)
+        return priced
+
+    def _release(self, reservation: Reservation) -> None:
+        self._state.open_holds.pop(reservation.id, None)
+        try:
+            self.ledger.release(reservation)
+        except Exception:
+            logger.exception("could not release hold %s; it will expire by TTL", reservation.id)
+
+
+def _overdue(state: _RunState) -> BudgetExceeded:
+    limit = state.deadline_s or 0.0
+    return BudgetExceeded(
+        scope=state.path, dimension="wall_time_s", limit=limit, used=limit, held=0, requested=0
+    )
+
+
+class _NullContext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NULL_CONTEXT = _NullContext()
+
+
+# -- the async driver ------------------------------------------------------------------------
+
+
+class AsyncModelCall:
+    """The async twin of ``ModelCall``."""
+
+    def __init__(
+        self,
+        guard: AsyncRunGuard,
+        reservation: Reservation,
+        model: str | None,
+        provider: str | None,
+    ) -> None:
+        self.reservation = reservation
+        """The hold taken for the estimate."""
+        self.model = model
+        """The model the call was admitted for."""
+        self._guard = guard
+        self._provider = provider
+        self.settled: Usage | None = None
+        """The usage committed, once settled."""
+
+    @property
+    def estimate(self) -> Usage:
+        """What was reserved."""
+        return self.reservation.usage
+
+    async def settle(
+        self, usage: Usage, *, model: str | None = None, service_tier: str | None = None
+    ) -> Usage:
+        """See ``ModelCall.settle``."""
+        if self.settled is not None:
+            return self.settled
+        self.settled = await self._guard._settle_call(
+            self.reservation, usage, model or self.model, self._provider, service_tier
+        )
+        return self.settled
+
+
+class AsyncRunGuard:
+    """The async twin of ``RunGuard`` (same arguments, same method names, awaited).
+
+    The run deadline and step timeouts use asyncio cancellation, so an awaiting model call is
+    cut off the moment the deadline passes; holds are still released on the way out.
+    """
+
+    def __init__(
+        self,
+        ledger: AsyncLedger,
+        path: str,
+        *,
+        limits: Iterable[Limit] = (),
+        pricing: Pricing | None = None,
+        warn_at: float = 0.8,
+        on_warning: Callable[[BudgetWarning], None] | None = None,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        ttl_s: float | None = None,
+    ) -> None:
+        if not isinstance(ledger, AsyncLedger):
+            raise InvalidInput(
+                "ledger", ledger, "expected a budgeteer.AsyncLedger (RunGuard takes a Ledger)"
+            )
+        self.ledger = ledger
+        self._state = _RunState(
+            path,
+            limits,
+            pricing,
+            warn_at,
+            on_warning,
+            default_max_tokens,
+            ttl_s,
+            ledger.clock.monotonic,
+        )
+        self._timeout: asyncio.Timeout | None = None
+
+    @property
+    def path(self) -> str:
+        """The run's scope path."""
+        return self._state.path
+
+    @property
+    def usage(self) -> Usage:
+        """What the run has committed so far."""
+        return self._state.used
+
+    @property
+    def report(self) -> RunReport:
+        """The run report (final once the ``async with`` block has exited)."""
+        return self._state.finished or self._state.report(None)
+
+    async def __aenter__(self) -> AsyncRunGuard:
+        state = self._state
+        for limit in state.limits:
+            await self.ledger.set_limit(state.path, limit)
+        state.started = state.monotonic()
+        if state.deadline_s is not None:
+            # Cancellation runs on the event loop's clock; admissions check the injected one.
+            self._timeout = asyncio.timeout(state.deadline_s)
+            await self._timeout.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        state = self._state
+        translated: BudgetExceeded | None = None
+        if self._timeout is not None:
+            timeout, self._timeout = self._timeout, None
+            try:
+                await timeout.__aexit__(exc_type, exc, tb)
+            except TimeoutError:
+                translated = state.stop(state.deadline_error() or _overdue(state))
+        for reservation in list(state.open_holds.values()):
+            await asyncio.shield(self._release(reservation))
+        wall = state.wall_time_usage()
+        if wall.wall_time_s:
+            await asyncio.shield(
+                self.ledger.charge(state.path, wall, metadata={"kind": "wall_time"})
+            )
+            state.committed(wall)
+        state.report(translated or exc)
+        if translated is not None:
+            raise translated from exc
+        return False
+
+    def model_call(
+        self,
+        model: str | None = None,
+        *,
+        prompt: str | Sequence[object] | None = None,
+        max_tokens: int | None = None,
+        estimate: Usage | None = None,
+        provider: str | None = None,
+    ) -> AbstractAsyncContextManager[AsyncModelCall]:
+        """See ``RunGuard.model_call``."""
+        return self._model_call(model, prompt, max_tokens, estimate, provider)
+
+    @asynccontextmanager
+    async def _model_call(
+        self,
+        model: str | None,
+        prompt: str | Sequence[object] | None,
+        max_tokens: int | None,
+        estimate: Usage | None,
+        provider: str | None,
+    ) -> AsyncIterator[AsyncModelCall]:
+        state = self._state
+        usage = state.call_estimate(model, prompt, max_tokens, estimate, provider)
+        reservation = await self._reserve(usage)
+        state.model_calls += 1
+        call = AsyncModelCall(self, reservation, model, provider)
+        try:
+            yield call
+        except BaseException:
+            if call.settled is None:
+                await asyncio.shield(self._release(reservation))
+            raise
+        if call.settled is None:
+            await call.settle(reservation.usage)
+
+    async def tool_call(self, name: str = "tool") -> None:
+        """See ``RunGuard.tool_call``."""
+        del name
+        await self._admit(Usage(tool_calls=1, cost_usd=Decimal(0)))
+
+    async def iteration(self) -> None:
+        """See ``RunGuard.iteration``."""
+        await self._admit(Usage(iterations=1, cost_usd=Decimal(0)))
+
+    async def hop(self) -> None:
+        """See ``RunGuard.hop``."""
+        await self._admit(Usage(agent_hops=1, cost_usd=Decimal(0)))
+
+    @asynccontextmanager
+    async def step(self, name: str, timeout_s: float) -> AsyncIterator[None]:
+        """See ``RunGuard.step``; the block is cancelled when the timeout passes."""
+        timeout = _check_timeout(timeout_s, "timeout_s")
+        try:
+            async with asyncio.timeout(timeout):
+                yield None
+        except TimeoutError:
+            raise StepTimeout(name, timeout) from None
+
+    def check_deadline(self) -> None:
+        """See ``RunGuard.check_deadline``."""
+        error = self._state.deadline_error()
+        if error is not None:
+            raise self._state.stop(error)
+
+    async def _reserve(self, usage: Usage) -> Reservation:
+        self.check_deadline()
+        try:
+            reservation = await self.ledger.reserve(
+                self._state.path, usage, ttl_s=self._state.ttl_s
+            )
+        except BudgetExceeded as error:
+            raise self._state.stop(error) from None
+        self._state.open_holds[reservation.id] = reservation
+        self._state.check_warnings(reservation)
+        return reservation
+
+    async def _admit(self, usage: Usage) -> None:
+        reservation = await self._reserve(usage)
+        await self.ledger.commit(reservation, usage)
+        self._state.open_holds.pop(reservation.id, None)
+        self._state.committed(usage)
+
+    async def _settle_call(
+        self,
+        reservation: Reservation,
+        usage: Usage,
+        model: str | None,
+        provider: str | None,
+        service_tier: str | None,
+    ) -> Usage:
+        priced, metadata = self._state.priced(model, usage, provider, service_tier)
+        try:
+            await asyncio.shield(self.ledger.commit(reservation, priced, metadata=metadata))
+        finally:
+            self._state.open_holds.pop(reservation.id, None)
+        self._state.committed(priced, model)
+        return priced
+
+    async def _release(self, reservation: Reservation) -> None:
+        self._state.open_holds.pop(reservation.id, None)
+        try:
+            await self.ledger.release(reservation)
+        except Exception:
+            logger.exception("could not release hold %s; it will expire by TTL", reservation.id)
