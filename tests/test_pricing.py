@@ -223,6 +223,20 @@ def test_batch_processing_uses_the_batch_variant(pricing: Pricing) -> None:
     )
 
 
+def test_overlapping_variants_resolve_as_genai_prices_does(pricing: Pricing) -> None:
+    # Two matching variants that both set a price: the one listed first in the data wins.
+    usage = Usage(input_tokens=10_000, cache_read_tokens=1_000, output_tokens=2_000)
+    both = pricing.price("gpt-4o", usage, service_tier="priority", batch=True, at=AT)
+    assert both.price_variants == ("processing=batch", "service_tier=priority")
+    assert both.cost_usd == genai_cost(
+        "gpt-4o",
+        input_tokens=10_000,
+        cache_read_tokens=1_000,
+        output_tokens=2_000,
+        context={"service_tier": "priority", "processing": "batch"},
+    )
+
+
 def test_a_tier_the_model_has_no_price_for_falls_back_to_the_base_price(pricing: Pricing) -> None:
     usage = Usage(input_tokens=10_000, output_tokens=2_000)
     base = pricing.price("claude-sonnet-4", usage, at=AT)
@@ -291,7 +305,13 @@ def token_counts(draw: st.DrawFn) -> dict[str, int]:
     provider_model=st.sampled_from(PROVIDER_MODELS),
     counts=token_counts(),
     context=st.sampled_from(
-        [None, {"service_tier": "flex"}, {"service_tier": "priority"}, {"processing": "batch"}]
+        [
+            None,
+            {"service_tier": "flex"},
+            {"service_tier": "priority"},
+            {"processing": "batch"},
+            {"service_tier": "priority", "processing": "batch"},
+        ]
     ),
     at=st.sampled_from([BEFORE_TIERS, AT, datetime(2024, 3, 1, tzinfo=UTC)]),
 )

@@ -12,6 +12,15 @@ from budgeteer.errors import (
     UnknownModel,
     UnknownReservation,
 )
+from budgeteer.guard import (
+    AsyncModelCall,
+    AsyncRunGuard,
+    BudgetWarning,
+    ModelCall,
+    RunGuard,
+    RunReport,
+    estimate_prompt_tokens,
+)
 from budgeteer.ledger import AsyncLedger, Ledger
 from budgeteer.model import (
     DIMENSIONS,
@@ -26,26 +35,41 @@ from budgeteer.model import (
     Window,
     parse_path,
 )
+from budgeteer.pricing import LongContextPrice, ModelPrice, Price, Pricing
+from budgeteer.tracker import ResourceQuota, ResourceTracker, ResourceUsage
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DIMENSIONS",
     "AsyncLedger",
+    "AsyncModelCall",
+    "AsyncRunGuard",
     "BackendUnavailable",
     "BudgetExceeded",
+    "BudgetWarning",
     "BudgeteerError",
     "Charge",
     "Clock",
+    "DIMENSIONS",
     "Headroom",
     "InvalidInput",
     "Ledger",
     "Limit",
     "LimitHeadroom",
+    "LongContextPrice",
+    "ModelCall",
+    "ModelPrice",
     "Overrun",
+    "Price",
+    "Pricing",
     "Reservation",
     "ReservationError",
     "ReservationSettled",
+    "ResourceQuota",
+    "ResourceTracker",
+    "ResourceUsage",
+    "RunGuard",
+    "RunReport",
     "ScopeUsage",
     "StepTimeout",
     "SystemClock",
@@ -54,5 +78,6 @@ __all__ = [
     "Usage",
     "Window",
     "__version__",
+    "estimate_prompt_tokens",
     "parse_path",
 ]

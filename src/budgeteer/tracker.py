@@ -245,7 +245,7 @@ class ResourceTrackerProtocol(Protocol):
         """Stop tracking ``pid``; ``False`` if it was not tracked."""
         ...
 
-    def record_usage(  # noqa: PLR0917 -- the original's positional signature, kept for drop-in use
+    def record_usage(
         self,
         pid: str,
         llm_calls: int = 0,
@@ -473,7 +473,7 @@ class ResourceTracker:
 
     # -- usage --------------------------------------------------------------------------------
 
-    def record_usage(  # noqa: PLR0917 -- the original's positional signature, kept for drop-in use
+    def record_usage(
         self,
         pid: str,
         llm_calls: int = 0,

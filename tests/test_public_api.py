@@ -1,0 +1,62 @@
+"""The public surface is curated: a change to it must be a deliberate change to this list."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import budgeteer
+
+PUBLIC = {
+    "DIMENSIONS", "AsyncLedger", "AsyncModelCall", "AsyncRunGuard", "BackendUnavailable",
+    "BudgetExceeded", "BudgetWarning", "BudgeteerError", "Charge", "Clock", "Headroom",
+    "InvalidInput", "Ledger", "Limit", "LimitHeadroom", "LongContextPrice", "ModelCall",
+    "ModelPrice", "Overrun", "Price", "Pricing", "Reservation", "ReservationError",
+    "ReservationSettled", "ResourceQuota", "ResourceTracker", "ResourceUsage", "RunGuard",
+    "RunReport", "ScopeUsage", "StepTimeout", "SystemClock", "UnknownModel",
+    "UnknownReservation", "Usage", "Window", "__version__", "estimate_prompt_tokens",
+    "parse_path",
+}  # fmt: skip
+
+
+def test_all_is_sorted_and_matches_the_curated_list() -> None:
+    assert budgeteer.__all__ == sorted(budgeteer.__all__)
+    assert set(budgeteer.__all__) == PUBLIC
+    for name in budgeteer.__all__:
+        assert hasattr(budgeteer, name), name
+
+
+def test_importing_budgeteer_stays_light() -> None:
+    code = (
+        "import sys, budgeteer; "
+        "heavy = [m for m in ('genai_prices', 'typer', 'rich', 'pydantic') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
+
+
+def test_errors_survive_pickling_with_their_fields() -> None:
+    import pickle
+
+    error = budgeteer.BudgetExceeded(
+        scope="org:a",
+        dimension="requests",
+        limit=3,
+        used=3,
+        held=0,
+        requested=1,
+        window=budgeteer.Window.daily(),
+        retry_after=5.0,
+    )
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.scope, copy.dimension, copy.limit, copy.retry_after) == (
+        "org:a",
+        "requests",
+        3,
+        5.0,
+    )
+    invalid = pickle.loads(pickle.dumps(budgeteer.InvalidInput("usage.requests", -1, "negative")))
+    assert (invalid.field, invalid.value) == ("usage.requests", -1)
