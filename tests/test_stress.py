@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import signal
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.stress
 WORKERS = 8
 ATTEMPTS = 10_000
 CAP = 50_000
+POLL_INTERVAL_S = 0.002
 TOP = "org:o"
 ONE_UNIT = Usage(requests=1)
 
@@ -101,11 +103,26 @@ def _poller(url: str, start: Any, stop: Any, results: Any) -> None:
                 total = int(limit.used) + int(limit.held)
                 report.max_used_plus_held = max(report.max_used_plus_held, total)
             report.polls += 1
-            time.sleep(0.002)
+            time.sleep(POLL_INTERVAL_S)
         ledger.close()
     except Exception as error:  # noqa: BLE001 - reported back, asserted empty
         report.errors.append(repr(error))
     results.put(report)
+
+
+def _collect(results: Any, workers: list[Any], timeout_s: float = 300.0) -> list[WorkerReport]:
+    # Read the queue before joining (a child cannot exit while its report is unflushed), and
+    # fail fast if a worker died without reporting instead of waiting out the timeout.
+    reports: list[WorkerReport] = []
+    deadline = time.monotonic() + timeout_s
+    while len(reports) < len(workers):
+        try:
+            reports.append(results.get(timeout=1))
+        except queue.Empty:
+            dead = [w.exitcode for w in workers if not w.is_alive()]
+            assert len(dead) < len(workers), f"workers exited without reporting: {dead}"
+            assert time.monotonic() < deadline, "workers did not finish in time"
+    return reports
 
 
 def _race(db: Path, path_of: Callable[[int], str]) -> tuple[list[WorkerReport], PollReport]:
@@ -123,8 +140,7 @@ def _race(db: Path, path_of: Callable[[int], str]) -> tuple[list[WorkerReport], 
     for process in [*workers, poller]:
         process.start()
     start.set()
-    # Read the queue before joining: a child cannot exit while its report is unflushed.
-    reports = [results.get(timeout=300) for _ in workers]
+    reports = _collect(results, workers)
     stop.set()
     poll_report = polls.get(timeout=60)
     for process in [*workers, poller]:

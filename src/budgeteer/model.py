@@ -365,10 +365,21 @@ class Window:
             raise InvalidInput("window.seconds", total, "use a whole number of seconds")
         span_s = int(total)
         if granularity_s is None:
+            # The largest divisor of the span up to 1/60 of it: buckets must tile the span
+            # exactly, or usage would linger past ``seconds + granularity_s``.
             granularity_s = max(1, span_s // DEFAULT_ROLLING_BUCKETS)
-        if not isinstance(granularity_s, int) or not 1 <= granularity_s <= span_s:
+            while span_s % granularity_s:
+                granularity_s -= 1
+        if (
+            isinstance(granularity_s, bool)
+            or not isinstance(granularity_s, int)
+            or not 1 <= granularity_s <= span_s
+            or span_s % granularity_s
+        ):
             raise InvalidInput(
-                "window.granularity_s", granularity_s, f"must be a whole 1..{span_s} seconds"
+                "window.granularity_s",
+                granularity_s,
+                f"must be a whole number of seconds that divides the span ({span_s}s)",
             )
         return cls(kind="rolling", seconds=span_s, granularity_s=granularity_s)
 
@@ -460,8 +471,8 @@ class Window:
 
     @property
     def buckets(self) -> int:
-        """Rolling windows: how many whole buckets the span holds."""
-        return -(-self.seconds // self.granularity_s)
+        """Rolling windows: how many buckets tile the span."""
+        return self.seconds // self.granularity_s
 
 
 def _add_days(day: datetime, days: int) -> datetime:

@@ -194,12 +194,17 @@ class MemoryBackend:
             return self._record(request, self._current(hold.plan), "committed")
 
     def release(self, reservation_id: str, now: float) -> None:
-        del now  # a hold past its TTL that was not reclaimed yet is released all the same
         with self._lock:
             hold = self._holds.pop(reservation_id, None)
             if hold is not None:
                 self._drop_hold(hold)
-                self._remember(reservation_id, "released")
+                if hold.expires_at <= now:
+                    # Lapsed: the same as if expiry had reclaimed it first, so a later commit
+                    # is recorded late whichever happened first.
+                    self._remember(reservation_id, "expired")
+                    self._expired[reservation_id] = hold
+                else:
+                    self._remember(reservation_id, "released")
                 return
             settled = self._settled.get(reservation_id)
             if settled is None:

@@ -342,21 +342,23 @@ class SQLiteBackend:
             return self._record(conn, request, path, json.loads(requested), late=is_late)
 
     def release(self, reservation_id: str, now: float) -> None:
-        del now
         with self._transaction() as conn:
             found = conn.execute(
-                "SELECT path, state, requested FROM reservations WHERE id = ?", (reservation_id,)
+                "SELECT path, state, requested, expires_at FROM reservations WHERE id = ?",
+                (reservation_id,),
             ).fetchone()
             if found is None:
                 raise UnknownReservation(reservation_id)
-            path, state, requested = found
+            path, state, requested, expires_at = found
             if state == "committed":
                 raise ReservationSettled(reservation_id, "committed", "release")
             if state != "held":
                 return
             self._drop_hold(conn, path, json.loads(requested))
+            # A lapsed hold ends as "expired", as if expiry had reclaimed it first.
             conn.execute(
-                "UPDATE reservations SET state = 'released' WHERE id = ?", (reservation_id,)
+                "UPDATE reservations SET state = ? WHERE id = ?",
+                ("expired" if expires_at <= now else "released", reservation_id),
             )
 
     def peek(self, scopes: tuple[str, ...], now: float) -> tuple[LimitState, ...]:
