@@ -1,5 +1,7 @@
 """budgeteer: hard, exact, hierarchical budgets for LLM agents."""
 
+import logging
+
 from budgeteer._clock import Clock, SystemClock
 from budgeteer.errors import (
     BackendUnavailable,
@@ -40,7 +42,11 @@ from budgeteer.tracker import ResourceQuota, ResourceTracker, ResourceUsage
 
 __version__ = "0.1.0"
 
+# A library logs; the application decides where to. (Budget warnings go to "budgeteer.guard".)
+logging.getLogger("budgeteer").addHandler(logging.NullHandler())
+
 __all__ = [
+    "DIMENSIONS",
     "AsyncLedger",
     "AsyncModelCall",
     "AsyncRunGuard",
@@ -50,7 +56,6 @@ __all__ = [
     "BudgeteerError",
     "Charge",
     "Clock",
-    "DIMENSIONS",
     "Headroom",
     "InvalidInput",
     "Ledger",

@@ -270,27 +270,32 @@ class _RunState:
         return Usage(wall_time_s=max(0.0, self.monotonic() - self.started), cost_usd=Decimal(0))
 
     def report(self, error: BaseException | None) -> RunReport:
+        """Finish the run: the report is frozen from here on."""
         if self.finished is None:
             if isinstance(error, BudgetExceeded):
                 self.stop(error)
-            status: Literal["completed", "stopped", "failed"] = (
-                "stopped"
-                if self.stopped_by is not None
-                else "failed"
-                if error is not None
-                else "completed"
-            )
-            self.finished = RunReport(
-                path=self.path,
-                status=status,
-                usage=self.used,
-                stopped_by=self.stopped_by,
-                duration_s=self.monotonic() - self.started,
-                model_calls=self.model_calls,
-                warnings=tuple(self.warnings),
-                models=dict(self.models),
-            )
+            self.finished = self.build_report(error)
         return self.finished
+
+    def build_report(self, error: BaseException | None) -> RunReport:
+        """The report as of now, without finishing the run."""
+        status: Literal["completed", "stopped", "failed"] = (
+            "stopped"
+            if self.stopped_by is not None
+            else "failed"
+            if error is not None
+            else "completed"
+        )
+        return RunReport(
+            path=self.path,
+            status=status,
+            usage=self.used,
+            stopped_by=self.stopped_by,
+            duration_s=self.monotonic() - self.started,
+            model_calls=self.model_calls,
+            warnings=tuple(self.warnings),
+            models=dict(self.models),
+        )
 
 
 def _wall_time_cap(limits: Iterable[Limit]) -> float | None:
@@ -478,8 +483,8 @@ class RunGuard:
 
     @property
     def report(self) -> RunReport:
-        """The run report (final once the ``with`` block has exited)."""
-        return self._state.finished or self._state.report(None)
+        """The run report (a snapshot during the run; final once the block has exited)."""
+        return self._state.finished or self._state.build_report(None)
 
     def __enter__(self) -> RunGuard:
         state = self._state
@@ -738,8 +743,8 @@ class AsyncRunGuard:
 
     @property
     def report(self) -> RunReport:
-        """The run report (final once the ``async with`` block has exited)."""
-        return self._state.finished or self._state.report(None)
+        """The run report (a snapshot during the run; final once the block has exited)."""
+        return self._state.finished or self._state.build_report(None)
 
     async def __aenter__(self) -> AsyncRunGuard:
         state = self._state

@@ -10,7 +10,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from budgeteer.backends.base import Backend
-from budgeteer.errors import InvalidInput
+from budgeteer.errors import BackendUnavailable, InvalidInput
 
 
 def open_backend(url: str) -> Backend:
@@ -27,9 +27,14 @@ def open_backend(url: str) -> Backend:
 
         return MemoryBackend(url)
     if scheme == "sqlite":
+        import sqlite3
+
         from budgeteer.backends.sqlite import SQLiteBackend
 
-        return SQLiteBackend.from_url(url)
+        try:
+            return SQLiteBackend.from_url(url)
+        except (sqlite3.Error, OSError) as error:
+            raise BackendUnavailable(url, "open", repr(error)) from error
     raise InvalidInput("url", url, "unknown backend; use memory:// or sqlite:///path.db")
 
 

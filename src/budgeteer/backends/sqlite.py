@@ -147,6 +147,35 @@ class _Row:
         )
 
 
+class _ThreadConnection:
+    """A thread's connection and lock-file descriptor, closed when the holder is collected."""
+
+    def __init__(self, path: Path, lock_path: str, busy_timeout_ms: int, synchronous: str) -> None:
+        self.pid = os.getpid()
+        self.lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, cached_statements=256
+            )
+            self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute(f"PRAGMA synchronous = {synchronous}")
+        except BaseException:
+            os.close(self.lock_fd)
+            raise
+
+    def close(self) -> None:
+        if self.lock_fd >= 0:
+            self.conn.close()
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
+    def __del__(self) -> None:
+        # Only in the process that opened them: a forked child must not close its parent's.
+        if self.pid == os.getpid():
+            self.close()
+
+
 class SQLiteBackend:
     """Limits, counters and holds in one SQLite file (WAL), shared by processes on one host."""
 
@@ -205,21 +234,15 @@ class SQLiteBackend:
     def _connection(self) -> tuple[sqlite3.Connection, int]:
         # One connection and lock-file descriptor per thread: sqlite3 connections must not be
         # shared between threads without a lock, and per-thread ones let readers run in parallel.
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is None or getattr(local, "pid", None) != os.getpid():
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=True, cached_statements=256
-            )
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+        # The holder lives in a threading.local, so both close when the thread ends.
+        holder: _ThreadConnection | None = getattr(self._local, "holder", None)
+        if holder is None or holder.pid != os.getpid():
             synchronous = "FULL" if self.durability == "power-loss" else "NORMAL"
-            conn.execute(f"PRAGMA synchronous = {synchronous}")
-            local.conn = conn
-            local.pid = os.getpid()
-            local.lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        lock_fd: int = local.lock_fd
-        return conn, lock_fd
+            holder = _ThreadConnection(
+                self.path, self._lock_path, self._busy_timeout_ms, synchronous
+            )
+            self._local.holder = holder
+        return holder.conn, holder.lock_fd
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -238,11 +261,10 @@ class SQLiteBackend:
 
     def close(self) -> None:
         """Close this thread's connection (other threads' close when they exit)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            os.close(self._local.lock_fd)
-            self._local.conn = None
+        holder: _ThreadConnection | None = getattr(self._local, "holder", None)
+        if holder is not None:
+            holder.close()
+            self._local.holder = None
 
     # -- limits -------------------------------------------------------------------------------
 
