@@ -152,6 +152,7 @@ class _ThreadConnection:
 
     def __init__(self, path: Path, lock_path: str, busy_timeout_ms: int, synchronous: str) -> None:
         self.pid = os.getpid()
+        self.lock_fd = -1
         self.lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             self.conn = sqlite3.connect(
@@ -162,6 +163,7 @@ class _ThreadConnection:
             self.conn.execute(f"PRAGMA synchronous = {synchronous}")
         except BaseException:
             os.close(self.lock_fd)
+            self.lock_fd = -1
             raise
 
     def close(self) -> None:

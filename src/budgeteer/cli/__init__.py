@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -36,7 +35,7 @@ from rich.live import Live
 
 from budgeteer.cli import _render
 from budgeteer.cli.demo import DEFAULT_RUNS, DEFAULT_SEED, ORG, DemoResult, RunProgress, run_demo
-from budgeteer.errors import Amount, BudgeteerError, InvalidInput
+from budgeteer.errors import Amount, BackendUnavailable, BudgeteerError, InvalidInput
 from budgeteer.ledger import Ledger
 from budgeteer.model import DIMENSIONS, Limit, LimitHeadroom, Usage
 
@@ -126,12 +125,10 @@ def _errors() -> Iterator[None]:
         yield
     except InvalidInput as error:
         _fail(str(error), EXIT_BAD_INPUT)
+    except BackendUnavailable as error:
+        _fail(f"cannot open the ledger: {error}", EXIT_NO)
     except BudgeteerError as error:
         _fail(str(error), EXIT_NO)
-    except (sqlite3.Error, OSError) as error:
-        # Opening a SQLite file fails before the ledger can wrap the error (missing directory,
-        # no permission, not a database).
-        _fail(f"cannot open the ledger: {error}", EXIT_NO)
 
 
 def _console() -> Console:
