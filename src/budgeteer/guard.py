@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 
 from budgeteer.errors import BudgetExceeded, InvalidInput, StepTimeout
 from budgeteer.ledger import AsyncLedger, Ledger
-from budgeteer.model import Limit, Reservation, Usage, Window, parse_path
+from budgeteer.model import Limit, LimitHeadroom, Reservation, Usage, Window, parse_path
 
 if TYPE_CHECKING:
     from budgeteer.pricing import Pricing
@@ -210,34 +210,40 @@ class _RunState:
         if model:
             self.models[model] = self.models.get(model, 0) + 1
 
-    def check_warnings(self, reservation: Reservation) -> None:
+    def admitted(self, reservation: Reservation) -> None:
+        """Track the open hold and warn about any limit it pushed past the soft threshold."""
+        self.open_holds[reservation.id] = reservation
         for state in reservation.limit_states:
             if not state.max_units:
                 continue
             fraction = (state.used + state.held) / state.max_units
             key = (state.scope, state.dimension, state.window_key)
-            if fraction >= self.warn_at and key not in self.warned:
-                self.warned.add(key)
-                head = next(
-                    h
-                    for h in reservation.headroom
-                    if h.scope == state.scope
-                    and h.dimension == state.dimension
-                    and h.window.key == state.window_key
-                )
-                warning = BudgetWarning(
-                    state.scope, state.dimension, head.window, fraction, head.limit
-                )
-                self.warnings.append(warning)
-                logger.warning(
-                    "budget warning: %s %s at %.0f%% of %s",
-                    state.scope,
-                    state.dimension,
-                    fraction * 100,
-                    head.limit,
-                )
-                if self.on_warning is not None:
-                    self.on_warning(warning)
+            if fraction < self.warn_at or key in self.warned:
+                continue
+            self.warned.add(key)
+            head = LimitHeadroom.from_state(state)
+            warning = BudgetWarning(state.scope, state.dimension, head.window, fraction, head.limit)
+            self.warnings.append(warning)
+            logger.warning(
+                "budget warning: %s %s at %.0f%% of %s",
+                state.scope,
+                state.dimension,
+                fraction * 100,
+                head.limit,
+            )
+            if self.on_warning is not None:
+                self.on_warning(warning)
+
+    def settled(self, reservation: Reservation, usage: Usage, model: str | None = None) -> None:
+        """The hold was committed with ``usage``."""
+        self.open_holds.pop(reservation.id, None)
+        self.committed(usage, model)
+
+    def check_deadline(self) -> None:
+        """Raise ``BudgetExceeded`` on ``wall_time_s`` if the run's deadline has passed."""
+        error = self.deadline_error()
+        if error is not None:
+            raise self.stop(error)
 
     def deadline_error(self) -> BudgetExceeded | None:
         if self.deadline_s is None:
@@ -374,10 +380,56 @@ def _check_timeout(timeout_s: object, field_name: str) -> float:
     return float(timeout_s)
 
 
+# -- what both drivers share -------------------------------------------------------------------
+
+
+class _AdmittedCall:
+    """The data of one admitted model call; the drivers add a sync or async ``settle``."""
+
+    def __init__(self, reservation: Reservation, model: str | None, provider: str | None) -> None:
+        self.reservation = reservation
+        """The hold taken for the estimate."""
+        self.model = model
+        """The model the call was admitted for (``settle`` may name another, after a fallback)."""
+        self._provider = provider
+        self.settled: Usage | None = None
+        """The usage committed, once settled."""
+
+    @property
+    def estimate(self) -> Usage:
+        """What was reserved."""
+        return self.reservation.usage
+
+
+class _GuardBase:
+    """The read-only views both guards expose over their ``_RunState``."""
+
+    _state: _RunState
+
+    @property
+    def path(self) -> str:
+        """The run's scope path."""
+        return self._state.path
+
+    @property
+    def usage(self) -> Usage:
+        """What the run has committed so far."""
+        return self._state.used
+
+    @property
+    def report(self) -> RunReport:
+        """The run report (a snapshot during the run; final once the block has exited)."""
+        return self._state.finished or self._state.build_report(None)
+
+    def check_deadline(self) -> None:
+        """Raise ``BudgetExceeded`` on ``wall_time_s`` if the run's deadline has passed."""
+        self._state.check_deadline()
+
+
 # -- the sync driver -------------------------------------------------------------------------
 
 
-class ModelCall:
+class ModelCall(_AdmittedCall):
     """One admitted model call. Call ``settle`` with the provider's usage when it returns.
 
     Leaving the block without ``settle`` commits the estimate if the block succeeded (the call
@@ -387,19 +439,8 @@ class ModelCall:
     def __init__(
         self, guard: RunGuard, reservation: Reservation, model: str | None, provider: str | None
     ) -> None:
-        self.reservation = reservation
-        """The hold taken for the estimate."""
-        self.model = model
-        """The model the call was admitted for (``settle`` may name another, after a fallback)."""
+        super().__init__(reservation, model, provider)
         self._guard = guard
-        self._provider = provider
-        self.settled: Usage | None = None
-        """The usage committed, once settled."""
-
-    @property
-    def estimate(self) -> Usage:
-        """What was reserved."""
-        return self.reservation.usage
 
     def settle(
         self, usage: Usage, *, model: str | None = None, service_tier: str | None = None
@@ -413,7 +454,7 @@ class ModelCall:
         return self.settled
 
 
-class RunGuard:
+class RunGuard(_GuardBase):
     """Per-run enforcement for a sync agent loop.
 
     Example::
@@ -470,21 +511,6 @@ class RunGuard:
             ledger.clock.monotonic,
         )
         self._alarm: tuple[float, Callable[[], BaseException]] | None = None
-
-    @property
-    def path(self) -> str:
-        """The run's scope path."""
-        return self._state.path
-
-    @property
-    def usage(self) -> Usage:
-        """What the run has committed so far."""
-        return self._state.used
-
-    @property
-    def report(self) -> RunReport:
-        """The run report (a snapshot during the run; final once the block has exited)."""
-        return self._state.finished or self._state.build_report(None)
 
     def __enter__(self) -> RunGuard:
         state = self._state
@@ -584,29 +610,21 @@ class RunGuard:
         if monotonic() - started > timeout:
             raise StepTimeout(name, timeout)
 
-    def check_deadline(self) -> None:
-        """Raise ``BudgetExceeded`` on ``wall_time_s`` if the run's deadline has passed."""
-        error = self._state.deadline_error()
-        if error is not None:
-            raise self._state.stop(error)
-
     # -- internals ------------------------------------------------------------------------------
 
     def _reserve(self, usage: Usage) -> Reservation:
-        self.check_deadline()
+        self._state.check_deadline()
         try:
             reservation = self.ledger.reserve(self._state.path, usage, ttl_s=self._state.ttl_s)
         except BudgetExceeded as error:
             raise self._state.stop(error) from None
-        self._state.open_holds[reservation.id] = reservation
-        self._state.check_warnings(reservation)
+        self._state.admitted(reservation)
         return reservation
 
     def _admit(self, usage: Usage) -> None:
         reservation = self._reserve(usage)
         self.ledger.commit(reservation, usage)
-        self._state.open_holds.pop(reservation.id, None)
-        self._state.committed(usage)
+        self._state.settled(reservation, usage)
 
     def _settle_call(
         self,
@@ -646,12 +664,6 @@ class _NullContext:
     def __exit__(self, *exc_info: object) -> None:
         return None
 
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
-
 
 _NULL_CONTEXT = _NullContext()
 
@@ -659,7 +671,7 @@ _NULL_CONTEXT = _NullContext()
 # -- the async driver ------------------------------------------------------------------------
 
 
-class AsyncModelCall:
+class AsyncModelCall(_AdmittedCall):
     """The async twin of ``ModelCall``."""
 
     def __init__(
@@ -669,19 +681,8 @@ class AsyncModelCall:
         model: str | None,
         provider: str | None,
     ) -> None:
-        self.reservation = reservation
-        """The hold taken for the estimate."""
-        self.model = model
-        """The model the call was admitted for."""
+        super().__init__(reservation, model, provider)
         self._guard = guard
-        self._provider = provider
-        self.settled: Usage | None = None
-        """The usage committed, once settled."""
-
-    @property
-    def estimate(self) -> Usage:
-        """What was reserved."""
-        return self.reservation.usage
 
     async def settle(
         self, usage: Usage, *, model: str | None = None, service_tier: str | None = None
@@ -695,7 +696,7 @@ class AsyncModelCall:
         return self.settled
 
 
-class AsyncRunGuard:
+class AsyncRunGuard(_GuardBase):
     """The async twin of ``RunGuard`` (same arguments, same method names, awaited).
 
     The run deadline and step timeouts use asyncio cancellation, so an awaiting model call is
@@ -730,21 +731,6 @@ class AsyncRunGuard:
             ledger.clock.monotonic,
         )
         self._timeout: asyncio.Timeout | None = None
-
-    @property
-    def path(self) -> str:
-        """The run's scope path."""
-        return self._state.path
-
-    @property
-    def usage(self) -> Usage:
-        """What the run has committed so far."""
-        return self._state.used
-
-    @property
-    def report(self) -> RunReport:
-        """The run report (a snapshot during the run; final once the block has exited)."""
-        return self._state.finished or self._state.build_report(None)
 
     async def __aenter__(self) -> AsyncRunGuard:
         state = self._state
@@ -842,29 +828,21 @@ class AsyncRunGuard:
         except TimeoutError:
             raise StepTimeout(name, timeout) from None
 
-    def check_deadline(self) -> None:
-        """See ``RunGuard.check_deadline``."""
-        error = self._state.deadline_error()
-        if error is not None:
-            raise self._state.stop(error)
-
     async def _reserve(self, usage: Usage) -> Reservation:
-        self.check_deadline()
+        self._state.check_deadline()
         try:
             reservation = await self.ledger.reserve(
                 self._state.path, usage, ttl_s=self._state.ttl_s
             )
         except BudgetExceeded as error:
             raise self._state.stop(error) from None
-        self._state.open_holds[reservation.id] = reservation
-        self._state.check_warnings(reservation)
+        self._state.admitted(reservation)
         return reservation
 
     async def _admit(self, usage: Usage) -> None:
         reservation = await self._reserve(usage)
         await self.ledger.commit(reservation, usage)
-        self._state.open_holds.pop(reservation.id, None)
-        self._state.committed(usage)
+        self._state.settled(reservation, usage)
 
     async def _settle_call(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
@@ -296,9 +296,6 @@ def _as_decimal(field_name: str, value: object) -> Decimal:
     except InvalidOperation:
         pass
     raise InvalidInput(field_name, value, "expected a Decimal, int or numeric str")
-
-
-ZERO_USAGE = Usage()
 
 
 # --------------------------------------------------------------------------------------------
@@ -731,17 +728,3 @@ class ScopeUsage:
     """The scope's own limits with their windowed usage."""
     cost_unknown: bool = False
     """True if some committed usage had no known cost (so ``used.cost_usd`` is a lower bound)."""
-
-
-def units_to_usage(units: Mapping[str, int]) -> Usage:
-    """A ``Usage`` from storage units, with cost ``0`` when absent (ledger meters know it)."""
-    return Usage.from_units(units, cost_known=True)
-
-
-def sum_units(vectors: Iterable[Mapping[str, int]]) -> dict[str, int]:
-    """Add storage-unit vectors."""
-    total: dict[str, int] = {}
-    for vector in vectors:
-        for name, amount in vector.items():
-            total[name] = total.get(name, 0) + amount
-    return total

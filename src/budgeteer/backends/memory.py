@@ -13,12 +13,14 @@ from budgeteer.backends.base import (
     ReserveOutcome,
     ReserveRequest,
     ScopeMeters,
+    path_prefixes,
 )
 from budgeteer.errors import ReservationSettled, UnknownReservation
 from budgeteer.ledger._core import (
     CalendarMeter,
     RollingMeter,
     deny,
+    retry_after_for,
     window_of,
 )
 from budgeteer.model import LimitState
@@ -67,11 +69,6 @@ class _Hold:
         self.plan = plan
         self.amounts = amounts
         self.expires_at = expires_at
-
-
-def _names(path: str) -> list[str]:
-    parts = path.split("/")
-    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 _new_state = tuple.__new__
@@ -216,13 +213,8 @@ class MemoryBackend:
         with self._lock:
             if self._expiry and self._expiry[0][0] <= now:
                 self._expire(now)
-            states = tuple(self._scopes.get(name) for name in scopes)
-            if any(s is None for s in states):
-                scopes, states = (
-                    tuple(n for n, s in zip(scopes, states, strict=True) if s is not None),
-                    tuple(s for s in states if s is not None),
-                )
-            return self._states(scopes, states, now, None)  # type: ignore[arg-type]
+            found = [(name, self._scopes.get(name)) for name in scopes]
+            return self._states([(name, scope) for name, scope in found if scope is not None], now)
 
     def meters(self, scope: str, now: float) -> ScopeMeters:
         with self._lock:
@@ -231,7 +223,7 @@ class MemoryBackend:
             state = self._scopes.get(scope)
             if state is None:
                 return ScopeMeters({}, {}, ())
-            limits = self._states((scope,), (state,), now, None)
+            limits = self._states([(scope, state)], now)
             return ScopeMeters(dict(state.used), dict(state.held), limits)
 
     def close(self) -> None:
@@ -245,32 +237,19 @@ class MemoryBackend:
             state = self._scopes[name] = _Scope()
         return state
 
-    def _states(
-        self,
-        names: tuple[str, ...],
-        scopes: tuple[_Scope, ...],
-        now: float,
-        amounts: Mapping[str, int] | None,
-    ) -> tuple[LimitState, ...]:
-        """Current counters of each limit on ``scopes`` (only ``amounts``' dimensions, if given)."""
+    def _states(self, scopes: list[tuple[str, _Scope]], now: float) -> tuple[LimitState, ...]:
+        """Current counters of each limit on ``scopes`` (for peeks and reports)."""
         states: list[LimitState] = []
-        for name, scope in zip(names, scopes, strict=True):
-            if not scope.limits:
-                continue
+        for name, scope in scopes:
             for (dimension, window_key), max_units in scope.limits.items():
-                if amounts is not None and dimension not in amounts:
-                    continue
                 meter = scope.meters.get((dimension, window_key))
                 if meter is None:
                     used = scope.used.get(dimension, 0)
                 else:
                     meter.refresh(window_of(window_key), now)
                     used = meter.used
-                states.append(
-                    LimitState(
-                        name, dimension, window_key, max_units, used, scope.held.get(dimension, 0)
-                    )
-                )
+                held = scope.held.get(dimension, 0)
+                states.append(LimitState(name, dimension, window_key, max_units, used, held))
         return tuple(states)
 
     def _retry_after(
@@ -278,12 +257,10 @@ class MemoryBackend:
     ) -> float | None:
         meter = scope.meters.get((state.dimension, state.window_key))
         requested = amounts[state.dimension]
-        over = state.used + state.held + requested - state.max_units
         if isinstance(meter, RollingMeter):
-            return meter.retry_after(window_of(state.window_key), over, now)
-        if isinstance(meter, CalendarMeter):
-            return meter.retry_after(over, state.held, requested, state.max_units, now)
-        return None
+            buckets = ((index, amount) for index, amount in meter.buckets)
+            return retry_after_for(state, requested, now, rolling_buckets=buckets)
+        return retry_after_for(state, requested, now, calendar=meter)
 
     def _record(self, request: CommitRequest, plan: _Plan, status: str) -> CommitOutcome:
         now = request.now
@@ -360,7 +337,7 @@ class MemoryBackend:
     def _current(self, plan: _Plan) -> _Plan:
         if plan.version == self._version:
             return plan
-        return self._plan(plan.path, tuple(prefix for prefix in _names(plan.path)))
+        return self._plan(plan.path, path_prefixes(plan.path))
 
     def _drop_hold(self, hold: _Hold) -> None:
         for scope in hold.plan.scopes:

@@ -1,6 +1,8 @@
 """The sans-IO decision rules every Python backend applies inside its atomic step.
 
 Nothing here does I/O or reads a clock: callers pass ``now`` and counters in storage units.
+The memory backend inlines ``find_denial`` and ``with_hold`` in its reserve loop (it is the hot
+path); the contract suite and the stateful model test hold every backend to the same answers.
 The Redis backend's Lua script implements the same rules; the contract suite checks they agree.
 """
 
@@ -59,11 +61,8 @@ class CalendarMeter:
             self.start, self.end = window.period_bounds(now)
             self.used = 0
 
-    def retry_after(
-        self, over_units: int, held: int, requested: int, max_units: int, now: float
-    ) -> float | None:
+    def retry_after(self, held: int, requested: int, max_units: int, now: float) -> float | None:
         """Seconds until the period ends, if a fresh period would admit the request."""
-        del over_units
         return max(0.0, self.end - now) if held + requested <= max_units else None
 
 
@@ -96,10 +95,6 @@ class RollingMeter:
         else:
             buckets.append([index, amount])
         self.used += amount
-
-    def retry_after(self, window: Window, over_units: int, now: float) -> float | None:
-        """See ``rolling_retry_after``."""
-        return rolling_retry_after(window, ((i, a) for i, a in self.buckets), over_units, now)
 
 
 def rolling_retry_after(
@@ -137,5 +132,5 @@ def retry_after_for(
     if window.kind == "rolling":
         return rolling_retry_after(window, rolling_buckets, over, now)
     if window.kind == "calendar" and calendar is not None:
-        return calendar.retry_after(over, state.held, requested, state.max_units, now)
+        return calendar.retry_after(state.held, requested, state.max_units, now)
     return None

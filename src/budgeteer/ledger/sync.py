@@ -9,7 +9,7 @@ from typing import TypeVar
 from budgeteer._clock import Clock
 from budgeteer.backends import open_backend
 from budgeteer.backends.base import Backend
-from budgeteer.errors import BackendUnavailable, BudgeteerError
+from budgeteer.errors import BackendUnavailable, BudgeteerError, ReservationSettled
 from budgeteer.ledger._frontend import DEFAULT_TTL_S, LedgerFrontend, UsageLike
 from budgeteer.model import Charge, Headroom, Limit, Reservation, ScopeUsage, Window
 
@@ -149,8 +149,8 @@ class Ledger:
         finally:
             try:
                 self.release(reservation)
-            except BudgeteerError as error:
-                if getattr(error, "state", None) != "committed":
+            except ReservationSettled as error:
+                if error.state != "committed":  # committed inside the block: nothing to free
                     raise
 
     # -- reading ------------------------------------------------------------------------------
