@@ -149,7 +149,7 @@ class MemoryBackend:
                     meter.refresh(window_of(window_key), now)
                     used = meter.used
                 held = scope.held.get(dimension, 0)
-                if used + held + requested > max_units:
+                if used + held + requested > max_units:  # _core.crosses, inlined
                     state = LimitState(name, dimension, window_key, max_units, used, held)
                     retry_after = self._retry_after(scope, state, amounts, now)
                     return ReserveOutcome(deny(state, amounts, retry_after))

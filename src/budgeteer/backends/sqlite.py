@@ -20,6 +20,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -34,21 +35,24 @@ from budgeteer.backends.base import (
 from budgeteer.errors import InvalidInput, ReservationSettled, UnknownReservation
 from budgeteer.ledger._core import (
     CalendarMeter,
+    crosses,
     deny,
-    find_denial,
-    overruns,
     retry_after_for,
     window_of,
-    with_hold,
 )
 from budgeteer.model import LimitState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EXPIRE_BATCH = 256
 """At most this many expired holds are reclaimed per operation (the rest on the next ones)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+-- One row. limits_version changes with every limit change, so each process can cache the
+-- limits of a path and check them with one integer read per transaction.
+CREATE TABLE IF NOT EXISTS state (
+    id INTEGER PRIMARY KEY CHECK (id = 0), limits_version INTEGER NOT NULL);
+INSERT OR IGNORE INTO state (id, limits_version) VALUES (0, 0);
 CREATE TABLE IF NOT EXISTS limits (
     scope TEXT NOT NULL, dimension TEXT NOT NULL, window TEXT NOT NULL,
     max_units INTEGER NOT NULL,
@@ -86,10 +90,32 @@ WHERE l.scope IN ({marks})
 """
 
 _ADD_TOTALS = """
-INSERT INTO totals (scope, dimension, used, held) VALUES (?, ?, ?, ?)
+INSERT INTO totals (scope, dimension, used, held) VALUES {values}
 ON CONFLICT (scope, dimension)
 DO UPDATE SET used = used + excluded.used, held = held + excluded.held
+RETURNING scope, dimension, used, held
 """
+# The limits version, and the soonest expiry of a live hold (from the partial index).
+_STATE = """
+SELECT limits_version, (SELECT min(expires_at) FROM reservations WHERE state = 'held') FROM state
+"""
+_BUMP_LIMITS_VERSION = "UPDATE state SET limits_version = limits_version + 1"
+LIMIT_CACHE_SIZE = 4096
+
+LimitKey = tuple[str, str, str, int]
+"""(scope, dimension, window key, max units)."""
+
+
+class _Refused(Exception):
+    """Raised inside a reserve transaction to roll it back and return the denial."""
+
+    def __init__(self, outcome: ReserveOutcome) -> None:
+        self.outcome = outcome
+
+
+@lru_cache(maxsize=256)
+def _add_totals_sql(rows: int) -> str:
+    return _ADD_TOTALS.format(values=",".join(["(?, ?, ?, ?)"] * rows))
 
 
 def _limit_rows_sql(count: int) -> str:
@@ -200,6 +226,7 @@ class SQLiteBackend:
         )
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
+        self._limit_cache: dict[str, tuple[int, tuple[LimitKey, ...]]] = {}
         self._lock_path = str(self.path) + ".lock"
         conn, lock_fd = self._connection()
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
@@ -278,6 +305,7 @@ class SQLiteBackend:
                 " DO UPDATE SET max_units = excluded.max_units",
                 (scope, dimension, window_key, max_units),
             )
+            conn.execute(_BUMP_LIMITS_VERSION)
             if window_key != "lifetime":
                 conn.execute(
                     "INSERT OR IGNORE INTO meters VALUES (?, ?, ?, 0, 0, 0)",
@@ -294,6 +322,7 @@ class SQLiteBackend:
             conn.execute(
                 "DELETE FROM buckets WHERE scope = ? AND dimension = ? AND window = ?", key
             )
+            conn.execute(_BUMP_LIMITS_VERSION)
         return bool(removed)
 
     def get_limits(self, scope: str) -> list[tuple[str, str, int]]:
@@ -306,29 +335,51 @@ class SQLiteBackend:
     # -- the cycle ----------------------------------------------------------------------------
 
     def reserve(self, request: ReserveRequest) -> ReserveOutcome:
+        # Apply the hold first (one upsert that returns the new totals), then check every
+        # limit; a refusal rolls the whole transaction back, so nothing changes.
         amounts = request.amounts
         now = request.now
         scopes = request.scopes
-        with self._transaction() as conn:
-            self._expire(conn, now)
-            rows = [r for r in self._rows(conn, scopes, now) if r.dimension in amounts]
-            states = tuple(r.state() for r in rows)
-            refused = find_denial(states, amounts)
-            if refused is not None:
-                row = rows[states.index(refused)]
-                return ReserveOutcome(
-                    deny(refused, amounts, self._retry_after(conn, row, refused, amounts, now))
+        try:
+            with self._transaction() as conn:
+                version, soonest = conn.execute(_STATE).fetchone()
+                if soonest is not None and soonest <= now:
+                    self._expire(conn, now)
+                totals = self._add_totals(
+                    conn, [(s, d, 0, a) for s in scopes for d, a in amounts.items()]
                 )
-            self._write_meters(conn, rows)
-            conn.executemany(
-                _ADD_TOTALS, [(s, d, 0, a) for s in scopes for d, a in amounts.items()]
-            )
-            conn.execute(
-                "INSERT INTO reservations (id, path, state, requested, created_at, expires_at) "
-                "VALUES (?, ?, 'held', ?, ?, ?)",
-                (request.id, request.path, _dump(amounts), now, request.expires_at),
-            )
-        return ReserveOutcome(None, with_hold(states, amounts))
+                states: list[LimitState] = []
+                meters: list[_Row] = []
+                for key in self._limits(conn, request.path, scopes, version):
+                    scope, dimension, window_key, max_units = key
+                    requested = amounts.get(dimension)
+                    if requested is None:
+                        continue
+                    used, held_after = totals[(scope, dimension)]
+                    held = held_after - requested
+                    row = None
+                    if window_key != "lifetime":
+                        row = self._meter(conn, key, now)
+                        used = row.used
+                        meters.append(row)
+                    if crosses(used, held, requested, max_units):
+                        state = LimitState(scope, dimension, window_key, max_units, used, held)
+                        retry_after = (
+                            self._retry_after(conn, row, state, amounts, now) if row else None
+                        )
+                        raise _Refused(ReserveOutcome(deny(state, amounts, retry_after)))
+                    states.append(
+                        LimitState(scope, dimension, window_key, max_units, used, held_after)
+                    )
+                self._write_meters(conn, meters)
+                conn.execute(
+                    "INSERT INTO reservations (id, path, state, requested, created_at,"
+                    " expires_at) VALUES (?, ?, 'held', ?, ?, ?)",
+                    (request.id, request.path, _dump(amounts), now, request.expires_at),
+                )
+        except _Refused as refused:
+            return refused.outcome
+        return ReserveOutcome(None, tuple(states))
 
     def commit(self, request: CommitRequest) -> CommitOutcome:
         now = request.now
@@ -490,34 +541,42 @@ class SQLiteBackend:
         actual = request.actual
         now = request.now
         scopes = path_prefixes(path)
-        rows = [r for r in self._rows(conn, scopes, now) if r.dimension in actual]
+        (version,) = conn.execute("SELECT limits_version FROM state").fetchone()
+        limits = [key for key in self._limits(conn, path, scopes, version) if key[1] in actual]
         dimensions = set(actual) | set(held)
-        conn.executemany(
-            _ADD_TOTALS,
+        totals = self._add_totals(
+            conn,
             [(s, d, actual.get(d, 0), -held.get(d, 0)) for s in scopes for d in dimensions],
         )
-        for row in rows:
-            row.total_used += actual[row.dimension]
-            row.held -= held.get(row.dimension, 0)
-            window = window_of(row.window_key)
-            if window.kind != "lifetime":
-                row.meter_used = (row.meter_used or 0) + actual[row.dimension]
+        over: list[LimitState] = []
+        meters: list[_Row] = []
+        for key in limits:
+            scope, dimension, window_key, max_units = key
+            used, held_now = totals[(scope, dimension)]
+            if window_key != "lifetime":
+                row = self._meter(conn, key, now)
+                amount = actual[dimension]
+                row.meter_used = (row.meter_used or 0) + amount
                 row.dirty = True
+                meters.append(row)
+                used = row.meter_used
+                window = window_of(window_key)
                 if window.kind == "rolling":
                     conn.execute(
                         "INSERT INTO buckets VALUES (?, ?, ?, ?, ?) ON CONFLICT"
                         " (scope, dimension, window, bucket) DO UPDATE SET amount = amount + ?",
                         (
-                            row.scope,
-                            row.dimension,
-                            row.window_key,
+                            scope,
+                            dimension,
+                            window_key,
                             int(now // window.granularity_s),
-                            actual[row.dimension],
-                            actual[row.dimension],
+                            amount,
+                            amount,
                         ),
                     )
-        self._write_meters(conn, rows)
-        over = overruns(r.state() for r in rows)
+            if used > max_units:
+                over.append(LimitState(scope, dimension, window_key, max_units, used, held_now))
+        self._write_meters(conn, meters)
         metadata = dict(request.metadata)
         conn.execute(
             "UPDATE reservations SET state = 'committed', actual = ?, settled_at = ?, late = ?,"
@@ -526,20 +585,56 @@ class SQLiteBackend:
                 _dump(actual),
                 now,
                 int(late),
-                json.dumps([list(s) for s in over]),
-                json.dumps(metadata),
+                json.dumps([list(s) for s in over]) if over else "[]",
+                json.dumps(metadata) if metadata else "{}",
                 request.id,
             ),
         )
-        return CommitOutcome(
-            status="committed",
-            path=path,
-            actual=dict(actual),
-            committed_at=now,
-            overruns=over,
-            metadata=metadata,
-            late=late,
-        )
+        return CommitOutcome("committed", path, actual, now, tuple(over), metadata, late)
+
+    def _limits(
+        self, conn: sqlite3.Connection, path: str, scopes: tuple[str, ...], version: int
+    ) -> tuple[LimitKey, ...]:
+        """The limits of every scope on ``path``, top first; cached until ``version`` moves."""
+        cached = self._limit_cache.get(path)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        marks = ",".join("?" * len(scopes))
+        found = conn.execute(
+            f"SELECT scope, dimension, window, max_units FROM limits WHERE scope IN ({marks})",
+            scopes,
+        ).fetchall()
+        order = {scope: i for i, scope in enumerate(scopes)}
+        keys: tuple[LimitKey, ...] = tuple(sorted(found, key=lambda key: order[key[0]]))
+        if len(self._limit_cache) >= LIMIT_CACHE_SIZE:
+            self._limit_cache.clear()
+        self._limit_cache[path] = (version, keys)
+        return keys
+
+    @staticmethod
+    def _add_totals(
+        conn: sqlite3.Connection, rows: list[tuple[str, str, int, int]]
+    ) -> dict[tuple[str, str], tuple[int, int]]:
+        """Add ``(scope, dimension, used, held)`` deltas; the new ``(used, held)`` by key."""
+        if not rows:  # an empty usage (a zero-amount reservation) touches no counter
+            return {}
+        flat = [value for row in rows for value in row]
+        return {
+            (scope, dimension): (used, held)
+            for scope, dimension, used, held in conn.execute(_add_totals_sql(len(rows)), flat)
+        }
+
+    def _meter(self, conn: sqlite3.Connection, key: LimitKey, now: float) -> _Row:
+        """A windowed limit's meter, brought up to ``now`` (not yet written back)."""
+        scope, dimension, window_key, max_units = key
+        found = conn.execute(
+            "SELECT period_start, period_end, used FROM meters"
+            " WHERE scope = ? AND dimension = ? AND window = ?",
+            (scope, dimension, window_key),
+        ).fetchone()
+        row = _Row((scope, dimension, window_key, max_units, 0, 0, *(found or (None,) * 3)))
+        self._refresh(conn, row, now)
+        return row
 
     def _drop_hold(self, conn: sqlite3.Connection, path: str, held: Mapping[str, int]) -> None:
         conn.executemany(
@@ -561,4 +656,5 @@ class SQLiteBackend:
 
 
 def _dump(units: Mapping[str, int]) -> str:
-    return json.dumps(units, separators=(",", ":"))
+    # Valid JSON without json.dumps: keys are dimension names and values are ints.
+    return "{" + ",".join(f'"{name}":{amount}' for name, amount in units.items()) + "}"

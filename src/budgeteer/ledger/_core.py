@@ -1,8 +1,8 @@
 """The sans-IO decision rules every Python backend applies inside its atomic step.
 
 Nothing here does I/O or reads a clock: callers pass ``now`` and counters in storage units.
-The memory backend inlines ``find_denial`` and ``with_hold`` in its reserve loop (it is the hot
-path); the contract suite and the stateful model test hold every backend to the same answers.
+The memory backend inlines ``crosses`` in its reserve loop (it is the hot path); the contract
+suite and the stateful model test hold every backend to the same answers.
 The Redis backend's Lua script implements the same rules; the contract suite checks they agree.
 """
 
@@ -17,29 +17,12 @@ from budgeteer.model import LimitState, Window
 window_of = Window.from_key
 
 
-def find_denial(states: Iterable[LimitState], amounts: Mapping[str, int]) -> LimitState | None:
-    """The first limit (top scope first) that ``amounts`` would cross, or ``None`` if all fit.
+def crosses(used: int, held: int, requested: int, max_units: int) -> bool:
+    """The admission rule: a request crosses a limit when ``used + held + requested > max``.
 
-    A limit is crossed when ``used + held + requested > max``; reaching the cap exactly is allowed.
+    Reaching the cap exactly is allowed. (The memory backend inlines this test in its hot loop.)
     """
-    for state in states:
-        requested = amounts.get(state.dimension)
-        if requested and state.used + state.held + requested > state.max_units:
-            return state
-    return None
-
-
-def overruns(states: Iterable[LimitState]) -> tuple[LimitState, ...]:
-    """The limits whose committed usage alone is past the cap (after a larger-than-held commit)."""
-    return tuple(s for s in states if s.used > s.max_units)
-
-
-def with_hold(states: Iterable[LimitState], amounts: Mapping[str, int]) -> tuple[LimitState, ...]:
-    """``states`` as they are once ``amounts`` is held (the headroom a reservation reports)."""
-    return tuple(
-        s._replace(held=s.held + amounts[s.dimension]) if s.dimension in amounts else s
-        for s in states
-    )
+    return used + held + requested > max_units
 
 
 class CalendarMeter:
