@@ -45,6 +45,9 @@ DIMENSIONS: tuple[str, ...] = (
 )
 """Every dimension a usage record and a limit can name, in display order."""
 
+UNPRICED = "_unpriced"
+"""A pseudo-dimension counted on each scope for every commit whose cost was unknown."""
+
 _MICRO = 1_000_000
 _NANO = 1_000_000_000
 
@@ -218,9 +221,14 @@ class Usage:
                 f"smaller than input_tokens + output_tokens ({derived_total})",
             )
         object.__setattr__(self, "_units", units)
+        # Unknown cost is flagged on every scope, so reports never show it as a true $0.
+        charged = {**units, UNPRICED: 1} if self.cost_usd is None and units else units
+        object.__setattr__(self, "_charged", charged)
 
-    # A per-instance cache of the storage-unit vector; set once in __post_init__.
+    # Per-instance caches, set once in __post_init__: the storage-unit vector, and the vector a
+    # commit records (with the UNPRICED flag when the cost is unknown).
     _units: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _charged: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __repr__(self) -> str:
         parts = [
@@ -238,6 +246,11 @@ class Usage:
     def units(self) -> Mapping[str, int]:
         """The non-zero dimensions of this usage in storage units (``total_tokens`` derived)."""
         return self._units
+
+    @property
+    def charged_units(self) -> Mapping[str, int]:
+        """``units`` plus the ``UNPRICED`` flag when the cost is unknown: what a commit records."""
+        return self._charged
 
     @property
     def tokens(self) -> int:

@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, Protocol
 
-from budgeteer.model import LimitState
+from budgeteer.model import UNPRICED, LimitState
+
+__all__ = ["UNPRICED", "Backend", "LimitState", "path_prefixes"]
 
 _NO_METADATA: Mapping[str, str] = MappingProxyType({})
-
-UNPRICED = "_unpriced"
-"""A pseudo-dimension counted on each scope for every commit whose cost was unknown."""
 
 
 # The records below are plain slots dataclasses, not frozen ones: they are private, built on every

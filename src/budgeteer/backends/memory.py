@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 
 from budgeteer.backends.base import (
@@ -26,7 +25,8 @@ from budgeteer.ledger._core import (
 from budgeteer.model import LimitState
 
 SETTLED_MEMORY = 1_000_000
-"""How many settled reservation ids the memory backend remembers for idempotent retries."""
+"""About how many settled reservation ids (at least half of this) the memory backend remembers
+for idempotent retries; an older id is then unknown (an error, never a double count)."""
 
 
 class _Scope:
@@ -41,14 +41,19 @@ class _Scope:
         self.meters: dict[tuple[str, str], CalendarMeter | RollingMeter] = {}
 
 
-_Check = tuple[str, str, str, int, "CalendarMeter | RollingMeter | None", _Scope]
-"""(scope name, dimension, window key, max units, windowed meter or None, scope)."""
+_Meter = CalendarMeter | RollingMeter
+_Check = tuple[str, str, str, int, "_Meter | None", _Scope, dict[str, int], dict[str, int]]
+"""(scope name, dimension, window key, max units, windowed meter or None, scope, its lifetime
+used map, its held map): everything one limit check touches, resolved once per plan."""
 
 
 class _Plan:
-    """A path's scopes and their limits, valid while no limit changes (``version``)."""
+    """A path's scopes and their limits, valid while no limit changes (``version``).
 
-    __slots__ = ("checks", "path", "scopes", "version")
+    The hot loops walk these flat tuples instead of looking scopes and limits up again.
+    """
+
+    __slots__ = ("checks", "helds", "metered", "path", "scopes", "useds", "version")
 
     def __init__(
         self, version: int, path: str, scopes: tuple[_Scope, ...], checks: tuple[_Check, ...]
@@ -57,6 +62,9 @@ class _Plan:
         self.path = path
         self.scopes = scopes
         self.checks = checks
+        self.useds = tuple(scope.used for scope in scopes)
+        self.helds = tuple(scope.held for scope in scopes)
+        self.metered = tuple(scope for scope in scopes if scope.meters)
 
 
 class _Hold:
@@ -87,8 +95,10 @@ class MemoryBackend:
         self._scopes: dict[str, _Scope] = {}
         self._holds: dict[str, _Hold] = {}
         self._expiry: list[tuple[float, str]] = []
-        # id -> CommitOutcome for committed ids, or the string "released"/"expired".
-        self._settled: OrderedDict[str, CommitOutcome | str] = OrderedDict()
+        # id -> CommitOutcome for committed ids, or the string "released"/"expired"; two
+        # generations of plain dicts bound the memory at SETTLED_MEMORY ids (O(1) per settle).
+        self._settled: dict[str, CommitOutcome | str] = {}
+        self._settled_before: dict[str, CommitOutcome | str] = {}
         # Expired holds, kept so that a late commit can still record the spend on their path.
         self._expired: dict[str, _Hold] = {}
         self._plans: dict[str, _Plan] = {}
@@ -139,16 +149,16 @@ class MemoryBackend:
                 plan = self._plan(request.path, request.scopes)
             checked: list[LimitState] = []
             for check in plan.checks:
-                name, dimension, window_key, max_units, meter, scope = check
+                name, dimension, window_key, max_units, meter, scope, used_map, held_map = check
                 requested = amounts.get(dimension)
                 if requested is None:
                     continue
                 if meter is None:
-                    used = scope.used.get(dimension, 0)
+                    used = used_map.get(dimension, 0)
                 else:
                     meter.refresh(window_of(window_key), now)
                     used = meter.used
-                held = scope.held.get(dimension, 0)
+                held = held_map.get(dimension, 0)
                 if used + held + requested > max_units:  # _core.crosses, inlined
                     state = LimitState(name, dimension, window_key, max_units, used, held)
                     retry_after = self._retry_after(scope, state, amounts, now)
@@ -159,10 +169,9 @@ class MemoryBackend:
                         (name, dimension, window_key, max_units, used, held + requested),
                     )
                 )
-            scopes = plan.scopes
-            for scope in scopes:
-                held_map = scope.held
-                for dimension, amount in amounts.items():
+            items = amounts.items()
+            for held_map in plan.helds:
+                for dimension, amount in items:
                     held_map[dimension] = held_map.get(dimension, 0) + amount
             self._holds[request.id] = _Hold(request.path, plan, amounts, request.expires_at)
             heapq.heappush(expiry, (request.expires_at, request.id))
@@ -203,7 +212,7 @@ class MemoryBackend:
                 else:
                     self._remember(reservation_id, "released")
                 return
-            settled = self._settled.get(reservation_id)
+            settled = self._settled_state(reservation_id)
             if settled is None:
                 raise UnknownReservation(reservation_id)
             if isinstance(settled, CommitOutcome):
@@ -265,27 +274,35 @@ class MemoryBackend:
     def _record(self, request: CommitRequest, plan: _Plan, status: str) -> CommitOutcome:
         now = request.now
         actual = request.actual
-        for scope in plan.scopes:
-            used = scope.used
-            for dimension, amount in actual.items():
+        items = actual.items()
+        for used in plan.useds:
+            for dimension, amount in items:
                 used[dimension] = used.get(dimension, 0) + amount
-            meters = scope.meters
-            if meters:
-                for (dimension, window_key), meter in meters.items():
-                    window = window_of(window_key)
-                    meter.refresh(window, now)
-                    amount = actual.get(dimension, 0)
-                    if amount:
-                        if isinstance(meter, RollingMeter):
-                            meter.add(window, now, amount)
-                        else:
-                            meter.used += amount
+        for scope in plan.metered:
+            for (dimension, window_key), meter in scope.meters.items():
+                window = window_of(window_key)
+                meter.refresh(window, now)
+                amount = actual.get(dimension, 0)
+                if amount:
+                    if isinstance(meter, RollingMeter):
+                        meter.add(window, now, amount)
+                    else:
+                        meter.used += amount
         over: list[LimitState] = []
-        for name, dimension, window_key, max_units, limit_meter, scope in plan.checks:
+        for (
+            name,
+            dimension,
+            window_key,
+            max_units,
+            limit_meter,
+            _,
+            used_map,
+            held_map,
+        ) in plan.checks:
             if dimension in actual:
-                total = scope.used[dimension] if limit_meter is None else limit_meter.used
+                total = used_map[dimension] if limit_meter is None else limit_meter.used
                 if total > max_units:
-                    held = scope.held.get(dimension, 0)
+                    held = held_map.get(dimension, 0)
                     over.append(LimitState(name, dimension, window_key, max_units, total, held))
         outcome = CommitOutcome(
             "committed", plan.path, actual, now, tuple(over), request.metadata, status == "late"
@@ -305,6 +322,8 @@ class MemoryBackend:
                 max_units,
                 scope.meters.get((dimension, window_key)),
                 scope,
+                scope.used,
+                scope.held,
             )
             for name, scope in zip(names, scopes, strict=True)
             for (dimension, window_key), max_units in scope.limits.items()
@@ -315,7 +334,7 @@ class MemoryBackend:
         return plan
 
     def _settle_again(self, request: CommitRequest) -> CommitOutcome:
-        settled = self._settled.get(request.id)
+        settled = self._settled_state(request.id)
         if settled is None:
             raise UnknownReservation(request.id)
         if isinstance(settled, CommitOutcome):
@@ -340,9 +359,9 @@ class MemoryBackend:
         return self._plan(plan.path, path_prefixes(plan.path))
 
     def _drop_hold(self, hold: _Hold) -> None:
-        for scope in hold.plan.scopes:
-            held = scope.held
-            for dimension, amount in hold.amounts.items():
+        items = hold.amounts.items()
+        for held in hold.plan.helds:
+            for dimension, amount in items:
                 held[dimension] -= amount
 
     def _expire(self, now: float) -> None:
@@ -363,6 +382,12 @@ class MemoryBackend:
     def _remember(self, reservation_id: str, outcome: CommitOutcome | str) -> None:
         settled = self._settled
         settled[reservation_id] = outcome
-        if len(settled) > SETTLED_MEMORY:
-            old_id, _ = settled.popitem(last=False)
-            self._expired.pop(old_id, None)
+        if len(settled) >= SETTLED_MEMORY // 2:
+            for old_id in self._settled_before:
+                self._expired.pop(old_id, None)
+            self._settled_before = settled
+            self._settled = {}
+
+    def _settled_state(self, reservation_id: str) -> CommitOutcome | str | None:
+        found = self._settled.get(reservation_id)
+        return found if found is not None else self._settled_before.get(reservation_id)

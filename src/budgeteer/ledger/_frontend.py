@@ -149,7 +149,7 @@ class LedgerFrontend:
         reservation_id = self.reservation_id(reservation)
         usage = as_usage(actual, "actual")
         request = CommitRequest(
-            reservation_id, _charged_units(usage), self.clock.now(), self.check_metadata(metadata)
+            reservation_id, usage.charged_units, self.clock.now(), self.check_metadata(metadata)
         )
         return request, usage
 
@@ -160,7 +160,7 @@ class LedgerFrontend:
         checked = as_usage(usage, "usage")
         request = CommitRequest(
             self.new_id(),
-            _charged_units(checked),
+            checked.charged_units,
             self.clock.now(),
             self.check_metadata(metadata),
             direct_path=path,
@@ -244,14 +244,6 @@ class LedgerFrontend:
             Limit(dimension, from_units(dimension, max_units), Window.from_key(window_key))
             for dimension, window_key, max_units in rows
         )
-
-
-def _charged_units(usage: Usage) -> Mapping[str, int]:
-    units = usage.units
-    if usage.cost_usd is None and units:
-        # Unknown cost is flagged on every scope, so reports never show it as a true $0.
-        return {**units, UNPRICED: 1}
-    return units
 
 
 def _overrun(state: LimitState) -> Overrun:

@@ -95,7 +95,12 @@ class Ledger:
             InvalidInput: bad path, usage or TTL; nothing was held.
         """
         request = self._front.reserve_request(path, usage, ttl_s)
-        outcome = self._call("reserve", self._backend.reserve, request)
+        try:  # _call, inlined on the two hot paths
+            outcome = self._backend.reserve(request)
+        except BudgeteerError:
+            raise
+        except Exception as error:
+            raise BackendUnavailable(self._backend.url, "reserve", repr(error)) from error
         return self._front.reservation(request, outcome, usage)
 
     def commit(
@@ -115,7 +120,12 @@ class Ledger:
             ReservationSettled: it was released.
         """
         request, usage = self._front.commit_request(reservation, actual, metadata)
-        outcome = self._call("commit", self._backend.commit, request)
+        try:
+            outcome = self._backend.commit(request)
+        except BudgeteerError:
+            raise
+        except Exception as error:
+            raise BackendUnavailable(self._backend.url, "commit", repr(error)) from error
         return self._front.charge(
             outcome, request.id, None if outcome.status == "replayed" else usage
         )
