@@ -25,20 +25,16 @@ BEGIN, END = "<!-- bench_ledger:begin -->", "<!-- bench_ledger:end -->"
 
 
 def rate(cycle: Callable[[], object], seconds: float) -> float:
-    """Cycles per second, best of three slices of ``seconds / 3``."""
-    best = 0.0
-    for _ in range(3):
-        count, started = 0, time.perf_counter()
-        deadline = started + seconds / 3
-        while True:
-            for _ in range(200):
-                cycle()
-            count += 200
-            now = time.perf_counter()
-            if now >= deadline:
-                break
-        best = max(best, count / (now - started))
-    return best
+    """Cycles per second over one slice of ``seconds``."""
+    count, started = 0, time.perf_counter()
+    deadline = started + seconds
+    while True:
+        for _ in range(100):
+            cycle()
+        count += 100
+        now = time.perf_counter()
+        if now >= deadline:
+            return count / (now - started)
 
 
 def ledger_cycle(ledger: Ledger, path: str) -> Callable[[], object]:
@@ -86,51 +82,55 @@ def bare_sqlite_cycle(path: Path) -> Callable[[], object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time per case per round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median kept)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
-    results: list[tuple[str, float, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        cases: list[tuple[str, Callable[[], Callable[[], object]], str]] = [
-            ("token-budget-py (in-process, 1 level)", token_budget_cycle, "peer"),
-            ("budgeteer memory://, 1 level", lambda: ledger_cycle(Ledger(), PATH_1), ""),
-            (
-                "budgeteer memory://, 4 levels",
-                lambda: ledger_cycle(Ledger(), PATH_4),
-                "target >= 200,000",
-            ),
+        cases: list[tuple[str, Callable[[], object], str]] = [
+            ("token-budget-py (in-process, 1 level)", token_budget_cycle(), "peer"),
+            ("budgeteer memory://, 1 level", ledger_cycle(Ledger(), PATH_1), ""),
+            ("budgeteer memory://, 4 levels", ledger_cycle(Ledger(), PATH_4), "target >= 200,000"),
             (
                 "bare SQLite WAL 4-counter check+increment (1 txn)",
-                lambda: bare_sqlite_cycle(Path(tmp) / "bare.db"),
+                bare_sqlite_cycle(Path(tmp) / "bare.db"),
                 "floor, 1 transaction",
             ),
             (
                 "budgeteer sqlite, 1 level",
-                lambda: ledger_cycle(Ledger(f"sqlite:///{tmp}/one.db"), PATH_1),
+                ledger_cycle(Ledger(f"sqlite:///{tmp}/one.db"), PATH_1),
                 "2 transactions",
             ),
             (
                 "budgeteer sqlite, 4 levels",
-                lambda: ledger_cycle(Ledger(f"sqlite:///{tmp}/four.db"), PATH_4),
+                ledger_cycle(Ledger(f"sqlite:///{tmp}/four.db"), PATH_4),
                 "target >= 10,000; 2 transactions",
             ),
             (
                 "budgeteer sqlite, 4 levels, durability=power-loss",
-                lambda: ledger_cycle(
-                    Ledger(f"sqlite:///{tmp}/full.db?durability=power-loss"), PATH_4
-                ),
+                ledger_cycle(Ledger(f"sqlite:///{tmp}/full.db?durability=power-loss"), PATH_4),
                 "fsync per transaction",
             ),
         ]
-        for name, build, note in cases:
-            value = rate(build(), args.seconds)
-            results.append((name, value, note))
-            print(f"{name:55s} {value:>12,.0f} cycles/s  {note}")
+        # Rounds interleave the cases, so a noisy neighbour slows peers and budgeteer alike;
+        # each case keeps its median round, and ratios are taken within a round.
+        rounds: list[list[float]] = []
+        for round_index in range(args.rounds):
+            rounds.append([rate(cycle, args.seconds / args.rounds) for _, cycle, _ in cases])
+            print(f"round {round_index + 1}/{args.rounds} done", flush=True)
+    results: list[tuple[str, float, str, float]] = []
+    for index, (name, _, note) in enumerate(cases):
+        values = sorted(r[index] for r in rounds)
+        reference = 0 if index < 3 else 3  # in-process rows vs the peer; SQLite rows vs the floor
+        ratios = sorted(r[index] / r[reference] for r in rounds)
+        results.append((name, values[len(values) // 2], note, ratios[len(ratios) // 2]))
+    for name, value, note, ratio in results:
+        print(f"{name:55s} {value:>12,.0f} cycles/s  {ratio:6.1%}  {note}")
     if not args.no_write:
         write(results)
 
 
-def write(results: list[tuple[str, float, str]]) -> None:
+def write(results: list[tuple[str, float, str, float]]) -> None:
     lines = [
         BEGIN,
         "## Ledger reserve+commit cycles (`benchmarks/bench_ledger.py`)",
@@ -138,12 +138,16 @@ def write(results: list[tuple[str, float, str]]) -> None:
         f"One process, one thread, measured in one run on {platform.machine()} "
         f"({platform.python_implementation()} {platform.python_version()}), "
         f"{time.strftime('%Y-%m-%d')}. A cycle is `reserve(path, Usage(requests=1))` then "
-        "`commit(...)`, with a `requests` limit on every scope of the path. "
-        "Best of three slices.",
+        "`commit(...)`, with a `requests` limit on every scope of the path. The cases run in "
+        "interleaved rounds; each figure is its median round, and the ratio is taken within "
+        "a round against the peer (in-process rows) or the bare SQLite floor (SQLite rows).",
         "",
-        "| case | cycles/s | note |",
-        "| --- | ---: | --- |",
-        *[f"| {name} | {value:,.0f} | {note} |" for name, value, note in results],
+        "| case | cycles/s | vs peer / floor | note |",
+        "| --- | ---: | ---: | --- |",
+        *[
+            f"| {name} | {value:,.0f} | {ratio:.1%} | {note} |"
+            for name, value, note, ratio in results
+        ],
         END,
     ]
     text = (

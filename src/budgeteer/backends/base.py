@@ -21,20 +21,8 @@ __all__ = ["UNPRICED", "Backend", "LimitState", "path_prefixes"]
 _NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
-# The records below are plain slots dataclasses, not frozen ones: they are private, built on every
-# operation, and a frozen dataclass costs about six times as much to construct.
-
-
-@dataclass(slots=True)
-class ReserveRequest:
-    """Check every limit on ``scopes`` for ``amounts`` and, if all fit, hold them."""
-
-    id: str
-    path: str
-    scopes: tuple[str, ...]
-    amounts: Mapping[str, int]
-    now: float
-    expires_at: float
+# Operations take plain arguments and return plain records: both cross on every reservation, and
+# a request object (or a frozen dataclass, about six times dearer) is pure overhead there.
 
 
 @dataclass(slots=True)
@@ -44,27 +32,6 @@ class Denial:
     state: LimitState
     requested: int
     retry_after: float | None
-
-
-@dataclass(slots=True)
-class ReserveOutcome:
-    """``denial`` if refused (nothing changed); else ``states``: the limits after the hold."""
-
-    denial: Denial | None
-    states: tuple[LimitState, ...] = ()
-
-
-@dataclass(slots=True)
-class CommitRequest:
-    """Replace the hold ``id`` by ``actual`` (or, with ``direct_path``, record it directly)."""
-
-    id: str
-    actual: Mapping[str, int]
-    now: float
-    metadata: Mapping[str, str] = field(default_factory=lambda: _NO_METADATA)
-    direct_path: str | None = None
-    """Set for a direct charge (no reservation): the path to record ``actual`` on."""
-    direct_scopes: tuple[str, ...] = ()
 
 
 CommitStatus = Literal["committed", "late", "replayed"]
@@ -122,12 +89,42 @@ class Backend(Protocol):
         """The scope's own limits as ``(dimension, window_key, max_units)``."""
         ...
 
-    def reserve(self, request: ReserveRequest) -> ReserveOutcome:
-        """Check and hold atomically; expired holds are reclaimed first."""
+    def reserve(
+        self,
+        reservation_id: str,
+        path: str,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        expires_at: float,
+    ) -> tuple[LimitState, ...] | Denial:
+        """Check every limit on ``scopes`` and, if all fit, hold ``amounts`` on each, atomically.
+
+        Expired holds are reclaimed first. Returns the ``Denial`` (nothing changed) or the
+        limits checked, as they are after the hold.
+        """
         ...
 
-    def commit(self, request: CommitRequest) -> CommitOutcome:
-        """Settle a hold with its actual usage, idempotently by id."""
+    def commit(
+        self,
+        reservation_id: str,
+        actual: Mapping[str, int],
+        now: float,
+        metadata: Mapping[str, str],
+    ) -> CommitOutcome:
+        """Replace the hold by ``actual``, idempotently by id (a retry is ``"replayed"``)."""
+        ...
+
+    def charge(
+        self,
+        charge_id: str,
+        path: str,
+        scopes: tuple[str, ...],
+        actual: Mapping[str, int],
+        now: float,
+        metadata: Mapping[str, str],
+    ) -> CommitOutcome:
+        """Record ``actual`` on every scope of ``path`` without a reservation or admission."""
         ...
 
     def release(self, reservation_id: str, now: float) -> None:

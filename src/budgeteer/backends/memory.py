@@ -8,9 +8,7 @@ from collections.abc import Mapping
 
 from budgeteer.backends.base import (
     CommitOutcome,
-    CommitRequest,
-    ReserveOutcome,
-    ReserveRequest,
+    Denial,
     ScopeMeters,
     path_prefixes,
 )
@@ -136,17 +134,23 @@ class MemoryBackend:
 
     # -- the cycle --------------------------------------------------------------------------
 
-    def reserve(self, request: ReserveRequest) -> ReserveOutcome:
+    def reserve(
+        self,
+        reservation_id: str,
+        path: str,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        expires_at: float,
+    ) -> tuple[LimitState, ...] | Denial:
         # The hot path: written out flat, since every reservation runs it under the lock.
-        now = request.now
-        amounts = request.amounts
         with self._lock:
             expiry = self._expiry
             if expiry and expiry[0][0] <= now:
                 self._expire(now)
-            plan = self._plans.get(request.path)
+            plan = self._plans.get(path)
             if plan is None or plan.version != self._version:
-                plan = self._plan(request.path, request.scopes)
+                plan = self._plan(path, scopes)
             checked: list[LimitState] = []
             for check in plan.checks:
                 name, dimension, window_key, max_units, meter, scope, used_map, held_map = check
@@ -162,7 +166,7 @@ class MemoryBackend:
                 if used + held + requested > max_units:  # _core.crosses, inlined
                     state = LimitState(name, dimension, window_key, max_units, used, held)
                     retry_after = self._retry_after(scope, state, amounts, now)
-                    return ReserveOutcome(deny(state, amounts, retry_after))
+                    return deny(state, amounts, retry_after)
                 checked.append(
                     _new_state(
                         LimitState,
@@ -173,31 +177,48 @@ class MemoryBackend:
             for held_map in plan.helds:
                 for dimension, amount in items:
                     held_map[dimension] = held_map.get(dimension, 0) + amount
-            self._holds[request.id] = _Hold(request.path, plan, amounts, request.expires_at)
-            heapq.heappush(expiry, (request.expires_at, request.id))
+            self._holds[reservation_id] = _Hold(path, plan, amounts, expires_at)
+            heapq.heappush(expiry, (expires_at, reservation_id))
             if len(expiry) > 2 * len(self._holds) + 1024:
                 self._compact_expiry()
-            return ReserveOutcome(None, tuple(checked))
+            return tuple(checked)
 
-    def commit(self, request: CommitRequest) -> CommitOutcome:
-        now = request.now
+    def commit(
+        self,
+        reservation_id: str,
+        actual: Mapping[str, int],
+        now: float,
+        metadata: Mapping[str, str],
+    ) -> CommitOutcome:
         with self._lock:
-            if request.direct_path is not None:
-                plan = self._plans.get(request.direct_path)
-                if plan is None or plan.version != self._version:
-                    plan = self._plan(request.direct_path, request.direct_scopes)
-                return self._record(request, plan, "committed")
-            hold = self._holds.pop(request.id, None)
+            hold = self._holds.pop(reservation_id, None)
             if hold is None:
                 if self._expiry and self._expiry[0][0] <= now:
                     self._expire(now)
-                return self._settle_again(request)
-            if hold.expires_at <= now:
-                # Expired but not yet reclaimed: reclaim it, then record the usage as late.
-                self._drop_hold(hold)
-                return self._record(request, self._current(hold.plan), "late")
+                return self._settle_again(reservation_id, actual, now, metadata)
+            # Past its TTL but not yet reclaimed: drop it all the same, and record as late.
             self._drop_hold(hold)
-            return self._record(request, self._current(hold.plan), "committed")
+            outcome = self._record(
+                self._current(hold.plan), actual, now, metadata, late=hold.expires_at <= now
+            )
+            self._remember(reservation_id, outcome)
+            return outcome
+
+    def charge(
+        self,
+        charge_id: str,
+        path: str,
+        scopes: tuple[str, ...],
+        actual: Mapping[str, int],
+        now: float,
+        metadata: Mapping[str, str],
+    ) -> CommitOutcome:
+        del charge_id  # direct charges are not retried by id; nothing to remember
+        with self._lock:
+            plan = self._plans.get(path)
+            if plan is None or plan.version != self._version:
+                plan = self._plan(path, scopes)
+            return self._record(plan, actual, now, metadata, late=False)
 
     def release(self, reservation_id: str, now: float) -> None:
         with self._lock:
@@ -271,9 +292,15 @@ class MemoryBackend:
             return retry_after_for(state, requested, now, rolling_buckets=buckets)
         return retry_after_for(state, requested, now, calendar=meter)
 
-    def _record(self, request: CommitRequest, plan: _Plan, status: str) -> CommitOutcome:
-        now = request.now
-        actual = request.actual
+    def _record(
+        self,
+        plan: _Plan,
+        actual: Mapping[str, int],
+        now: float,
+        metadata: Mapping[str, str],
+        *,
+        late: bool,
+    ) -> CommitOutcome:
         items = actual.items()
         for used in plan.useds:
             for dimension, amount in items:
@@ -304,12 +331,7 @@ class MemoryBackend:
                 if total > max_units:
                     held = held_map.get(dimension, 0)
                     over.append(LimitState(name, dimension, window_key, max_units, total, held))
-        outcome = CommitOutcome(
-            "committed", plan.path, actual, now, tuple(over), request.metadata, status == "late"
-        )
-        if request.direct_path is None:
-            self._remember(request.id, outcome)
-        return outcome
+        return CommitOutcome("committed", plan.path, actual, now, tuple(over), metadata, late)
 
     def _plan(self, path: str, names: tuple[str, ...]) -> _Plan:
         """The scopes of ``path`` and their limits, cached until a limit changes."""
@@ -333,10 +355,16 @@ class MemoryBackend:
         plan = self._plans[path] = _Plan(self._version, path, scopes, checks)
         return plan
 
-    def _settle_again(self, request: CommitRequest) -> CommitOutcome:
-        settled = self._settled_state(request.id)
+    def _settle_again(
+        self,
+        reservation_id: str,
+        actual: Mapping[str, int],
+        now: float,
+        metadata: Mapping[str, str],
+    ) -> CommitOutcome:
+        settled = self._settled_state(reservation_id)
         if settled is None:
-            raise UnknownReservation(request.id)
+            raise UnknownReservation(reservation_id)
         if isinstance(settled, CommitOutcome):
             return CommitOutcome(
                 status="replayed",
@@ -348,10 +376,12 @@ class MemoryBackend:
                 late=settled.late,
             )
         if settled == "released":
-            raise ReservationSettled(request.id, "released", "commit")
+            raise ReservationSettled(reservation_id, "released", "commit")
         # Expired and reclaimed: the spend happened, so record it late (and remember it).
-        hold = self._expired.pop(request.id)
-        return self._record(request, self._current(hold.plan), "late")
+        hold = self._expired.pop(reservation_id)
+        outcome = self._record(self._current(hold.plan), actual, now, metadata, late=True)
+        self._remember(reservation_id, outcome)
+        return outcome
 
     def _current(self, plan: _Plan) -> _Plan:
         if plan.version == self._version:

@@ -26,9 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from budgeteer.backends.base import (
     CommitOutcome,
-    CommitRequest,
-    ReserveOutcome,
-    ReserveRequest,
+    Denial,
     ScopeMeters,
     path_prefixes,
 )
@@ -109,8 +107,8 @@ LimitKey = tuple[str, str, str, int]
 class _Refused(Exception):
     """Raised inside a reserve transaction to roll it back and return the denial."""
 
-    def __init__(self, outcome: ReserveOutcome) -> None:
-        self.outcome = outcome
+    def __init__(self, denial: Denial) -> None:
+        self.denial = denial
 
 
 @lru_cache(maxsize=256)
@@ -334,12 +332,17 @@ class SQLiteBackend:
 
     # -- the cycle ----------------------------------------------------------------------------
 
-    def reserve(self, request: ReserveRequest) -> ReserveOutcome:
+    def reserve(
+        self,
+        reservation_id: str,
+        path: str,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        expires_at: float,
+    ) -> tuple[LimitState, ...] | Denial:
         # Apply the hold first (one upsert that returns the new totals), then check every
         # limit; a refusal rolls the whole transaction back, so nothing changes.
-        amounts = request.amounts
-        now = request.now
-        scopes = request.scopes
         try:
             with self._transaction() as conn:
                 version, soonest = conn.execute(_STATE).fetchone()
@@ -350,7 +353,7 @@ class SQLiteBackend:
                 )
                 states: list[LimitState] = []
                 meters: list[_Row] = []
-                for key in self._limits(conn, request.path, scopes, version):
+                for key in self._limits(conn, path, scopes, version):
                     scope, dimension, window_key, max_units = key
                     requested = amounts.get(dimension)
                     if requested is None:
@@ -367,7 +370,7 @@ class SQLiteBackend:
                         retry_after = (
                             self._retry_after(conn, row, state, amounts, now) if row else None
                         )
-                        raise _Refused(ReserveOutcome(deny(state, amounts, retry_after)))
+                        raise _Refused(deny(state, amounts, retry_after))
                     states.append(
                         LimitState(scope, dimension, window_key, max_units, used, held_after)
                     )
@@ -375,46 +378,71 @@ class SQLiteBackend:
                 conn.execute(
                     "INSERT INTO reservations (id, path, state, requested, created_at,"
                     " expires_at) VALUES (?, ?, 'held', ?, ?, ?)",
-                    (request.id, request.path, _dump(amounts), now, request.expires_at),
+                    (reservation_id, path, _dump(amounts), now, expires_at),
                 )
         except _Refused as refused:
-            return refused.outcome
-        return ReserveOutcome(None, tuple(states))
+            return refused.denial
+        return tuple(states)
 
-    def commit(self, request: CommitRequest) -> CommitOutcome:
-        now = request.now
+    def commit(
+        self,
+        reservation_id: str,
+        actual: Mapping[str, int],
+        now: float,
+        metadata: Mapping[str, str],
+    ) -> CommitOutcome:
         with self._transaction() as conn:
-            if request.direct_path is not None:
-                conn.execute(
-                    "INSERT INTO reservations (id, path, state, requested, created_at, expires_at)"
-                    " VALUES (?, ?, 'held', '{}', ?, ?)",
-                    (request.id, request.direct_path, now, now),
-                )
-                return self._record(conn, request, request.direct_path, {}, late=False)
             found = conn.execute(
                 "SELECT path, state, requested, expires_at, actual, settled_at, late, overruns,"
                 " metadata FROM reservations WHERE id = ?",
-                (request.id,),
+                (reservation_id,),
             ).fetchone()
             if found is None:
-                raise UnknownReservation(request.id)
-            path, state, requested, expires_at, actual, settled_at, late, over, metadata = found
+                raise UnknownReservation(reservation_id)
+            path, state, requested, expires_at, recorded, settled_at, late, over, meta = found
             if state == "committed":
                 return CommitOutcome(
                     status="replayed",
                     path=path,
-                    actual=json.loads(actual),
+                    actual=json.loads(recorded),
                     committed_at=settled_at,
                     overruns=tuple(LimitState(*s) for s in json.loads(over)),
-                    metadata=json.loads(metadata),
+                    metadata=json.loads(meta),
                     late=bool(late),
                 )
             if state == "released":
-                raise ReservationSettled(request.id, "released", "commit")
-            if state == "expired":
-                return self._record(conn, request, path, {}, late=True)
-            is_late = expires_at <= now
-            return self._record(conn, request, path, json.loads(requested), late=is_late)
+                raise ReservationSettled(reservation_id, "released", "commit")
+            # An expired hold was already dropped; one past its TTL but not reclaimed is
+            # dropped here. Either way the spend is recorded, as late.
+            held = {} if state == "expired" else json.loads(requested)
+            return self._record(
+                conn,
+                reservation_id,
+                path,
+                actual,
+                now,
+                metadata,
+                held,
+                late=state == "expired" or expires_at <= now,
+            )
+
+    def charge(
+        self,
+        charge_id: str,
+        path: str,
+        scopes: tuple[str, ...],
+        actual: Mapping[str, int],
+        now: float,
+        metadata: Mapping[str, str],
+    ) -> CommitOutcome:
+        del scopes  # recomputed from the path inside the transaction
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO reservations (id, path, state, requested, created_at, expires_at)"
+                " VALUES (?, ?, 'held', '{}', ?, ?)",
+                (charge_id, path, now, now),
+            )
+            return self._record(conn, charge_id, path, actual, now, metadata, {}, late=False)
 
     def release(self, reservation_id: str, now: float) -> None:
         with self._transaction() as conn:
@@ -531,15 +559,16 @@ class SQLiteBackend:
     def _record(
         self,
         conn: sqlite3.Connection,
-        request: CommitRequest,
+        reservation_id: str,
         path: str,
+        actual: Mapping[str, int],
+        now: float,
+        metadata: Mapping[str, str],
         held: Mapping[str, int],
         *,
         late: bool,
     ) -> CommitOutcome:
         """Drop the hold (``held``), record ``actual`` on every scope, and settle the row."""
-        actual = request.actual
-        now = request.now
         scopes = path_prefixes(path)
         (version,) = conn.execute("SELECT limits_version FROM state").fetchone()
         limits = [key for key in self._limits(conn, path, scopes, version) if key[1] in actual]
@@ -577,7 +606,7 @@ class SQLiteBackend:
             if used > max_units:
                 over.append(LimitState(scope, dimension, window_key, max_units, used, held_now))
         self._write_meters(conn, meters)
-        metadata = dict(request.metadata)
+        metadata = dict(metadata)
         conn.execute(
             "UPDATE reservations SET state = 'committed', actual = ?, settled_at = ?, late = ?,"
             " overruns = ?, metadata = ? WHERE id = ?",
@@ -587,7 +616,7 @@ class SQLiteBackend:
                 int(late),
                 json.dumps([list(s) for s in over]) if over else "[]",
                 json.dumps(metadata) if metadata else "{}",
-                request.id,
+                reservation_id,
             ),
         )
         return CommitOutcome("committed", path, actual, now, tuple(over), metadata, late)

@@ -17,9 +17,7 @@ from budgeteer.backends.base import (
     UNPRICED,
     Backend,
     CommitOutcome,
-    CommitRequest,
-    ReserveOutcome,
-    ReserveRequest,
+    Denial,
     ScopeMeters,
 )
 from budgeteer.errors import BudgetExceeded, InvalidInput
@@ -47,6 +45,12 @@ MAX_METADATA_ITEMS = 32
 MAX_METADATA_CHARS = 1024
 
 UsageLike = Usage | Mapping[str, object]
+ReserveArgs = tuple[str, str, tuple[str, ...], Mapping[str, int], float, float]
+"""(reservation id, path, scopes, amounts, now, expires at): ``Backend.reserve``'s arguments."""
+CommitArgs = tuple[str, Mapping[str, int], float, Mapping[str, str]]
+"""(reservation id, actual, now, metadata): ``Backend.commit``'s arguments."""
+ChargeArgs = tuple[str, str, tuple[str, ...], Mapping[str, int], float, Mapping[str, str]]
+"""(charge id, path, scopes, actual, now, metadata): ``Backend.charge``'s arguments."""
 NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
@@ -133,40 +137,43 @@ class LedgerFrontend:
             raise InvalidInput("window", window, "expected a budgeteer.Window")
         return window.key
 
-    def reserve_request(self, path: str, usage: object, ttl_s: float | None) -> ReserveRequest:
+    def reserve_args(
+        self, path: str, usage: object, ttl_s: float | None
+    ) -> tuple[ReserveArgs, Usage]:
+        """Validated arguments of ``Backend.reserve``, and the usage as a ``Usage``."""
         scopes = self.scopes(path)
         checked = as_usage(usage, "usage")
         ttl = self.default_ttl_s if ttl_s is None else self.check_ttl(ttl_s)
         now = self.clock.now()
-        return ReserveRequest(self.new_id(), path, scopes, checked.units, now, now + ttl)
+        return (self.new_id(), path, scopes, checked.units, now, now + ttl), checked
 
-    def commit_request(
+    def commit_args(
         self,
         reservation: Reservation | str,
         actual: object,
         metadata: Mapping[str, object] | None,
-    ) -> tuple[CommitRequest, Usage]:
+    ) -> tuple[CommitArgs, Usage]:
+        """Validated arguments of ``Backend.commit``, and the actual usage as a ``Usage``."""
         reservation_id = self.reservation_id(reservation)
         usage = as_usage(actual, "actual")
-        request = CommitRequest(
-            reservation_id, usage.charged_units, self.clock.now(), self.check_metadata(metadata)
-        )
-        return request, usage
+        metadata_ = self.check_metadata(metadata)
+        return (reservation_id, usage.charged_units, self.clock.now(), metadata_), usage
 
-    def charge_request(
+    def charge_args(
         self, path: str, usage: object, metadata: Mapping[str, object] | None
-    ) -> tuple[CommitRequest, Usage]:
+    ) -> tuple[ChargeArgs, Usage]:
+        """Validated arguments of ``Backend.charge``, and the usage as a ``Usage``."""
         scopes = self.scopes(path)
         checked = as_usage(usage, "usage")
-        request = CommitRequest(
+        args = (
             self.new_id(),
+            path,
+            scopes,
             checked.charged_units,
             self.clock.now(),
             self.check_metadata(metadata),
-            direct_path=path,
-            direct_scopes=scopes,
         )
-        return request, checked
+        return args, checked
 
     @staticmethod
     def reservation_id(reservation: Reservation | str) -> str:
@@ -179,9 +186,11 @@ class LedgerFrontend:
     # -- outputs ------------------------------------------------------------------------------
 
     @staticmethod
-    def reservation(request: ReserveRequest, outcome: ReserveOutcome, usage: object) -> Reservation:
-        denial = outcome.denial
-        if denial is not None:
+    def reservation(
+        args: ReserveArgs, result: tuple[LimitState, ...] | Denial, usage: Usage
+    ) -> Reservation:
+        if isinstance(result, Denial):
+            denial = result
             state = denial.state
             dimension = state.dimension
             raise BudgetExceeded(
@@ -194,14 +203,8 @@ class LedgerFrontend:
                 window=Window.from_key(state.window_key),
                 retry_after=denial.retry_after,
             )
-        return Reservation(
-            request.id,
-            request.path,
-            usage if isinstance(usage, Usage) else Usage.from_units(request.amounts),
-            request.now,
-            request.expires_at,
-            outcome.states,
-        )
+        reservation_id, path, _, _, now, expires_at = args
+        return Reservation(reservation_id, path, usage, now, expires_at, result)
 
     @staticmethod
     def charge(outcome: CommitOutcome, reservation_id: str, usage: Usage | None) -> Charge:

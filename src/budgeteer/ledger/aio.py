@@ -73,9 +73,9 @@ class AsyncLedger:
         self, path: str, usage: UsageLike, *, ttl_s: float | None = None
     ) -> Reservation:
         """See ``Ledger.reserve``."""
-        request = self._front.reserve_request(path, usage, ttl_s)
-        outcome = await self._call("reserve", self._backend.reserve, request)
-        return self._front.reservation(request, outcome, usage)
+        args, checked = self._front.reserve_args(path, usage, ttl_s)
+        result = await self._call("reserve", self._backend.reserve, *args)
+        return self._front.reservation(args, result, checked)
 
     async def commit(
         self,
@@ -85,11 +85,9 @@ class AsyncLedger:
         metadata: Mapping[str, object] | None = None,
     ) -> Charge:
         """See ``Ledger.commit``."""
-        request, usage = self._front.commit_request(reservation, actual, metadata)
-        outcome = await self._call("commit", self._backend.commit, request)
-        return self._front.charge(
-            outcome, request.id, None if outcome.status == "replayed" else usage
-        )
+        args, usage = self._front.commit_args(reservation, actual, metadata)
+        outcome = await self._call("commit", self._backend.commit, *args)
+        return self._front.charge(outcome, args[0], None if outcome.status == "replayed" else usage)
 
     async def release(self, reservation: Reservation | str) -> None:
         """See ``Ledger.release``."""
@@ -100,9 +98,9 @@ class AsyncLedger:
         self, path: str, usage: UsageLike, *, metadata: Mapping[str, object] | None = None
     ) -> Charge:
         """See ``Ledger.charge``."""
-        request, checked = self._front.charge_request(path, usage, metadata)
-        outcome = await self._call("charge", self._backend.commit, request)
-        return self._front.charge(outcome, request.id, checked)
+        args, checked = self._front.charge_args(path, usage, metadata)
+        outcome = await self._call("charge", self._backend.charge, *args)
+        return self._front.charge(outcome, args[0], checked)
 
     @asynccontextmanager
     async def hold(

@@ -94,14 +94,14 @@ class Ledger:
             BudgetExceeded: some limit would be crossed; nothing was held.
             InvalidInput: bad path, usage or TTL; nothing was held.
         """
-        request = self._front.reserve_request(path, usage, ttl_s)
+        args, checked = self._front.reserve_args(path, usage, ttl_s)
         try:  # _call, inlined on the two hot paths
-            outcome = self._backend.reserve(request)
+            result = self._backend.reserve(*args)
         except BudgeteerError:
             raise
         except Exception as error:
             raise BackendUnavailable(self._backend.url, "reserve", repr(error)) from error
-        return self._front.reservation(request, outcome, usage)
+        return self._front.reservation(args, result, checked)
 
     def commit(
         self,
@@ -119,16 +119,14 @@ class Ledger:
             UnknownReservation: no such reservation.
             ReservationSettled: it was released.
         """
-        request, usage = self._front.commit_request(reservation, actual, metadata)
+        args, usage = self._front.commit_args(reservation, actual, metadata)
         try:
-            outcome = self._backend.commit(request)
+            outcome = self._backend.commit(*args)
         except BudgeteerError:
             raise
         except Exception as error:
             raise BackendUnavailable(self._backend.url, "commit", repr(error)) from error
-        return self._front.charge(
-            outcome, request.id, None if outcome.status == "replayed" else usage
-        )
+        return self._front.charge(outcome, args[0], None if outcome.status == "replayed" else usage)
 
     def release(self, reservation: Reservation | str) -> None:
         """Free the hold; a second release is a no-op.
@@ -144,9 +142,9 @@ class Ledger:
         self, path: str, usage: UsageLike, *, metadata: Mapping[str, object] | None = None
     ) -> Charge:
         """Record usage that already happened, without admission (it may cause an overrun)."""
-        request, checked = self._front.charge_request(path, usage, metadata)
-        outcome = self._call("charge", self._backend.commit, request)
-        return self._front.charge(outcome, request.id, checked)
+        args, checked = self._front.charge_args(path, usage, metadata)
+        outcome = self._call("charge", self._backend.charge, *args)
+        return self._front.charge(outcome, args[0], checked)
 
     @contextmanager
     def hold(
