@@ -41,15 +41,15 @@ from budgeteer.ledger._core import (
 from budgeteer.model import LimitState
 
 SCHEMA_VERSION = 2
-EXPIRE_BATCH = 256
-"""At most this many expired holds are reclaimed per operation (the rest on the next ones)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 -- One row. limits_version changes with every limit change, so each process can cache the
 -- limits of a path and check them with one integer read per transaction.
+-- next_expiry is a lower bound of the live holds' expiries (NULL: none), so an operation
+-- scans the holds only once one may be due.
 CREATE TABLE IF NOT EXISTS state (
-    id INTEGER PRIMARY KEY CHECK (id = 0), limits_version INTEGER NOT NULL);
+    id INTEGER PRIMARY KEY CHECK (id = 0), limits_version INTEGER NOT NULL, next_expiry REAL);
 INSERT OR IGNORE INTO state (id, limits_version) VALUES (0, 0);
 CREATE TABLE IF NOT EXISTS limits (
     scope TEXT NOT NULL, dimension TEXT NOT NULL, window TEXT NOT NULL,
@@ -69,13 +69,17 @@ CREATE TABLE IF NOT EXISTS buckets (
     scope TEXT NOT NULL, dimension TEXT NOT NULL, window TEXT NOT NULL,
     bucket INTEGER NOT NULL, amount INTEGER NOT NULL,
     PRIMARY KEY (scope, dimension, window, bucket)) WITHOUT ROWID;
--- Every reservation and direct charge: the audit log, and the idempotency record.
-CREATE TABLE IF NOT EXISTS reservations (
+-- Live holds only: small and hot, so a hold costs one page and no index.
+CREATE TABLE IF NOT EXISTS holds (
+    id TEXT PRIMARY KEY, path TEXT NOT NULL, requested TEXT NOT NULL,
+    created_at REAL NOT NULL, expires_at REAL NOT NULL) WITHOUT ROWID;
+-- Every settled reservation and direct charge, written once when it settles: the audit log,
+-- and the idempotency record (state: committed, released or expired).
+CREATE TABLE IF NOT EXISTS settled (
     id TEXT PRIMARY KEY, path TEXT NOT NULL, state TEXT NOT NULL,
     requested TEXT NOT NULL, actual TEXT, created_at REAL NOT NULL, expires_at REAL NOT NULL,
-    settled_at REAL, late INTEGER NOT NULL DEFAULT 0, overruns TEXT, metadata TEXT
+    settled_at REAL NOT NULL, late INTEGER NOT NULL DEFAULT 0, overruns TEXT, metadata TEXT
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS holds_by_expiry ON reservations (expires_at) WHERE state = 'held';
 """
 
 _LIMIT_ROWS = """
@@ -92,10 +96,7 @@ INSERT INTO totals (scope, dimension, used, held) VALUES {values}
 ON CONFLICT (scope, dimension)
 DO UPDATE SET used = used + excluded.used, held = held + excluded.held
 """
-# The limits version, and the soonest expiry of a live hold (from the partial index).
-_STATE = """
-SELECT limits_version, (SELECT min(expires_at) FROM reservations WHERE state = 'held') FROM state
-"""
+_STATE = "SELECT limits_version, next_expiry FROM state"
 _BUMP_LIMITS_VERSION = "UPDATE state SET limits_version = limits_version + 1"
 LIMIT_CACHE_SIZE = 4096
 
@@ -334,9 +335,9 @@ class SQLiteBackend:
         expires_at: float,
     ) -> tuple[LimitState, ...] | Denial:
         with self._transaction() as conn:
-            version, soonest = conn.execute(_STATE).fetchone()
-            if soonest is not None and soonest <= now:
-                self._expire(conn, now)
+            version, next_expiry = conn.execute(_STATE).fetchone()
+            if next_expiry is not None and next_expiry <= now:
+                next_expiry = self._expire(conn, now)
             limits = [k for k in self._limits(conn, path, scopes, version) if k[1] in amounts]
             totals = self._totals(conn, scopes, amounts) if limits else {}
             states: list[LimitState] = []
@@ -361,10 +362,11 @@ class SQLiteBackend:
             self._write_meters(conn, meters)
             self._add_totals(conn, [(s, d, 0, a) for s in scopes for d, a in amounts.items()])
             conn.execute(
-                "INSERT INTO reservations (id, path, state, requested, created_at, expires_at)"
-                " VALUES (?, ?, 'held', ?, ?, ?)",
+                "INSERT INTO holds VALUES (?, ?, ?, ?, ?)",
                 (reservation_id, path, _dump(amounts), now, expires_at),
             )
+            if next_expiry is None or expires_at < next_expiry:
+                conn.execute("UPDATE state SET next_expiry = ?", (expires_at,))
         return tuple(states)
 
     def commit(
@@ -375,16 +377,35 @@ class SQLiteBackend:
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
         with self._transaction() as conn:
+            hold = conn.execute(
+                "SELECT path, requested, created_at, expires_at, (SELECT limits_version FROM"
+                " state) FROM holds WHERE id = ?",
+                (reservation_id,),
+            ).fetchone()
+            if hold is not None:
+                path, requested, created_at, expires_at, version = hold
+                conn.execute("DELETE FROM holds WHERE id = ?", (reservation_id,))
+                # Past its TTL but not reclaimed yet: dropped all the same, recorded as late.
+                return self._record(
+                    conn,
+                    reservation_id,
+                    path,
+                    actual,
+                    now,
+                    metadata,
+                    json.loads(requested),
+                    version,
+                    (requested, created_at, expires_at),
+                    late=expires_at <= now,
+                )
             found = conn.execute(
-                "SELECT path, state, requested, expires_at, actual, settled_at, late, overruns,"
-                " metadata, (SELECT limits_version FROM state) FROM reservations WHERE id = ?",
+                "SELECT path, state, actual, settled_at, late, overruns, metadata,"
+                " (SELECT limits_version FROM state) FROM settled WHERE id = ?",
                 (reservation_id,),
             ).fetchone()
             if found is None:
                 raise UnknownReservation(reservation_id)
-            path, state, requested, expires_at, recorded, settled_at, late, over, meta, version = (
-                found
-            )
+            path, state, recorded, settled_at, late, over, meta, version = found
             if state == "committed":
                 return CommitOutcome(
                     status="replayed",
@@ -397,19 +418,9 @@ class SQLiteBackend:
                 )
             if state == "released":
                 raise ReservationSettled(reservation_id, "released", "commit")
-            # An expired hold was already dropped; one past its TTL but not reclaimed is
-            # dropped here. Either way the spend is recorded, as late.
-            held = {} if state == "expired" else json.loads(requested)
+            # Expired and reclaimed: the hold is gone, but the spend happened; record it late.
             return self._record(
-                conn,
-                reservation_id,
-                path,
-                actual,
-                now,
-                metadata,
-                held,
-                version,
-                late=state == "expired" or expires_at <= now,
+                conn, reservation_id, path, actual, now, metadata, {}, version, None, late=True
             )
 
     def charge(
@@ -423,39 +434,42 @@ class SQLiteBackend:
     ) -> CommitOutcome:
         del scopes  # recomputed from the path inside the transaction
         with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO reservations (id, path, state, requested, created_at, expires_at)"
-                " VALUES (?, ?, 'held', '{}', ?, ?)",
-                (charge_id, path, now, now),
-            )
             (version,) = conn.execute("SELECT limits_version FROM state").fetchone()
             return self._record(
-                conn, charge_id, path, actual, now, metadata, {}, version, late=False
+                conn,
+                charge_id,
+                path,
+                actual,
+                now,
+                metadata,
+                {},
+                version,
+                ("{}", now, now),
+                late=False,
             )
 
     def release(self, reservation_id: str, now: float) -> None:
         with self._transaction() as conn:
-            found = conn.execute(
-                "SELECT path, state, requested, expires_at FROM reservations WHERE id = ?",
+            hold = conn.execute(
+                "SELECT path, requested, created_at, expires_at FROM holds WHERE id = ?",
                 (reservation_id,),
+            ).fetchone()
+            if hold is not None:
+                # A lapsed hold ends as "expired", as if expiry had reclaimed it first.
+                state = "expired" if hold[3] <= now else "released"
+                self._settle_hold(conn, reservation_id, hold, state, now)
+                return
+            found = conn.execute(
+                "SELECT state FROM settled WHERE id = ?", (reservation_id,)
             ).fetchone()
             if found is None:
                 raise UnknownReservation(reservation_id)
-            path, state, requested, expires_at = found
-            if state == "committed":
+            if found[0] == "committed":
                 raise ReservationSettled(reservation_id, "committed", "release")
-            if state != "held":
-                return
-            self._drop_hold(conn, path, json.loads(requested))
-            # A lapsed hold ends as "expired", as if expiry had reclaimed it first.
-            conn.execute(
-                "UPDATE reservations SET state = ? WHERE id = ?",
-                ("expired" if expires_at <= now else "released", reservation_id),
-            )
 
     def peek(self, scopes: tuple[str, ...], now: float) -> tuple[LimitState, ...]:
         with self._transaction() as conn:
-            self._expire(conn, now)
+            self._expire_due(conn, now)
             rows = self._rows(conn, scopes, now)
             self._write_meters(conn, rows)
         order = {scope: i for i, scope in enumerate(scopes)}
@@ -463,7 +477,7 @@ class SQLiteBackend:
 
     def meters(self, scope: str, now: float) -> ScopeMeters:
         with self._transaction() as conn:
-            self._expire(conn, now)
+            self._expire_due(conn, now)
             rows = self._rows(conn, (scope,), now)
             self._write_meters(conn, rows)
             totals = conn.execute(
@@ -555,10 +569,15 @@ class SQLiteBackend:
         metadata: Mapping[str, str],
         held: Mapping[str, int],
         version: int,
+        origin: tuple[str, float, float] | None,
         *,
         late: bool,
     ) -> CommitOutcome:
-        """Drop the hold (``held``), record ``actual`` on every scope, and settle the row."""
+        """Drop the hold (``held``), record ``actual`` on every scope, and write the settled row.
+
+        ``origin`` is the hold's ``(requested, created_at, expires_at)`` for a new settled row;
+        ``None`` when the row exists already (an expired hold committed late).
+        """
         scopes = path_prefixes(path)
         limits = [key for key in self._limits(conn, path, scopes, version) if key[1] in actual]
         totals = self._totals(conn, scopes, actual) if limits else {}
@@ -599,18 +618,31 @@ class SQLiteBackend:
                 over.append(LimitState(scope, dimension, window_key, max_units, used, held_now))
         self._write_meters(conn, meters)
         metadata = dict(metadata)
-        conn.execute(
-            "UPDATE reservations SET state = 'committed', actual = ?, settled_at = ?, late = ?,"
-            " overruns = ?, metadata = ? WHERE id = ?",
-            (
-                _dump(actual),
-                now,
-                int(late),
-                json.dumps([list(s) for s in over]) if over else "[]",
-                json.dumps(metadata) if metadata else "{}",
-                reservation_id,
-            ),
-        )
+        over_json = json.dumps([list(s) for s in over]) if over else "[]"
+        meta_json = json.dumps(metadata) if metadata else "{}"
+        if origin is None:
+            conn.execute(
+                "UPDATE settled SET state = 'committed', actual = ?, settled_at = ?, late = 1,"
+                " overruns = ?, metadata = ? WHERE id = ?",
+                (_dump(actual), now, over_json, meta_json, reservation_id),
+            )
+        else:
+            requested, created_at, expires_at = origin
+            conn.execute(
+                "INSERT INTO settled VALUES (?, ?, 'committed', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    reservation_id,
+                    path,
+                    requested,
+                    _dump(actual),
+                    created_at,
+                    expires_at,
+                    now,
+                    int(late),
+                    over_json,
+                    meta_json,
+                ),
+            )
         return CommitOutcome("committed", path, actual, now, tuple(over), metadata, late)
 
     def _limits(
@@ -673,17 +705,43 @@ class SQLiteBackend:
             [(a, s, d) for s in path_prefixes(path) for d, a in held.items()],
         )
 
-    def _expire(self, conn: sqlite3.Connection, now: float) -> None:
+    def _expire(self, conn: sqlite3.Connection, now: float) -> float | None:
+        """Reclaim every hold past its TTL; return the new ``next_expiry`` (``None``: no holds).
+
+        A scan of the live holds, run only once ``next_expiry`` has passed.
+        """
         expired = conn.execute(
-            "SELECT id, path, requested FROM reservations WHERE state = 'held'"
-            f" AND expires_at <= ? LIMIT {EXPIRE_BATCH}",
+            "SELECT id, path, requested, created_at, expires_at FROM holds WHERE expires_at <= ?",
             (now,),
         ).fetchall()
-        for reservation_id, path, requested in expired:
-            self._drop_hold(conn, path, json.loads(requested))
-            conn.execute(
-                "UPDATE reservations SET state = 'expired' WHERE id = ?", (reservation_id,)
-            )
+        for reservation_id, *hold in expired:
+            self._settle_hold(conn, reservation_id, tuple(hold), "expired", now)
+        (next_expiry,) = conn.execute("SELECT min(expires_at) FROM holds").fetchone()
+        conn.execute("UPDATE state SET next_expiry = ?", (next_expiry,))
+        return next_expiry  # type: ignore[no-any-return]
+
+    def _expire_due(self, conn: sqlite3.Connection, now: float) -> None:
+        (next_expiry,) = conn.execute("SELECT next_expiry FROM state").fetchone()
+        if next_expiry is not None and next_expiry <= now:
+            self._expire(conn, now)
+
+    def _settle_hold(
+        self,
+        conn: sqlite3.Connection,
+        reservation_id: str,
+        hold: tuple[object, ...],
+        state: str,
+        now: float,
+    ) -> None:
+        """End a live hold without spend: free its amounts and log it as ``state``."""
+        path, requested, created_at, expires_at = hold
+        self._drop_hold(conn, str(path), json.loads(str(requested)))
+        conn.execute("DELETE FROM holds WHERE id = ?", (reservation_id,))
+        conn.execute(
+            "INSERT INTO settled (id, path, state, requested, created_at, expires_at, settled_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (reservation_id, path, state, requested, created_at, expires_at, now),
+        )
 
 
 def _dump(units: Mapping[str, int]) -> str:
