@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,16 +10,33 @@ import pytest
 
 from budgeteer import AsyncLedger, Ledger
 from budgeteer.testing import FakeClock
+from tests._redis_server import session_server
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "redis"]
 
 
-def backend_url(kind: str, tmp_path: Path) -> str:
-    """A fresh URL of backend ``kind`` (SQLite files live in the test's tmp dir)."""
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis server for the whole session (see tests/_redis_server.py)."""
+    with session_server() as url:
+        if url is None:
+            pytest.skip("no Redis server: set REDIS_URL or install redis-server")
+        yield url
+
+
+def backend_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh, isolated URL of backend ``kind``.
+
+    SQLite files live in the test's tmp dir; each Redis test gets a key prefix of its own and
+    the ledger's (fake) clock instead of the server's.
+    """
     if kind == "memory":
         return "memory://"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.db'}"
+    if kind == "redis":
+        base = request.getfixturevalue("redis_url")
+        return f"{base}?time=client&prefix=t{secrets.token_hex(6)}"
     raise ValueError(kind)
 
 
@@ -34,11 +52,11 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_ledger(
-    backend_kind: str, tmp_path: Path, clock: FakeClock
+    backend_kind: str, tmp_path: Path, clock: FakeClock, request: pytest.FixtureRequest
 ) -> Iterator[Callable[[], Ledger]]:
     """Open (another) ledger on the same store, so tests can act as a second process would."""
     opened: list[Ledger] = []
-    url = backend_url(backend_kind, tmp_path)
+    url = backend_url(backend_kind, tmp_path, request)
     shared: dict[str, Ledger] = {}
 
     def make() -> Ledger:
@@ -64,5 +82,7 @@ def ledger(make_ledger: Callable[[], Ledger]) -> Ledger:
 
 
 @pytest.fixture
-def async_ledger(backend_kind: str, tmp_path: Path, clock: FakeClock) -> AsyncLedger:
-    return AsyncLedger(backend_url(backend_kind, tmp_path), clock=clock)
+def async_ledger(
+    backend_kind: str, tmp_path: Path, clock: FakeClock, request: pytest.FixtureRequest
+) -> AsyncLedger:
+    return AsyncLedger(backend_url(backend_kind, tmp_path, request), clock=clock)

@@ -3,6 +3,8 @@
 * ``memory://``: in-process, thread-safe (``MemoryBackend``).
 * ``sqlite:///relative.db``, ``sqlite:////absolute.db``: one file shared by the processes of a
   host (``SQLiteBackend``); ``?durability=power-loss`` fsyncs every transaction.
+* ``redis://host:port/db``, ``rediss://...``: one budget for every process on every host
+  (``RedisBackend``, extra ``budgeteer[redis]``); one Lua script call per operation.
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ def open_backend(url: str) -> Backend:
             return SQLiteBackend.from_url(url)
         except (sqlite3.Error, OSError) as error:
             raise BackendUnavailable(url, "open", repr(error)) from error
-    raise InvalidInput("url", url, "unknown backend; use memory:// or sqlite:///path.db")
+    if scheme in ("redis", "rediss", "unix"):
+        from budgeteer.backends.redis import RedisBackend
+
+        return RedisBackend.from_url(url)
+    raise InvalidInput(
+        "url", url, "unknown backend; use memory://, sqlite:///path.db or redis://host:port/db"
+    )
 
 
 __all__ = ["Backend", "open_backend"]

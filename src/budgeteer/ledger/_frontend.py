@@ -81,8 +81,10 @@ class LedgerFrontend:
 
     # -- inputs -------------------------------------------------------------------------------
 
-    def new_id(self) -> str:
-        return f"{self._id_prefix}{next(self._ids):x}"
+    def new_id(self, path: str) -> str:
+        # "<root scope>#<random>-<counter>": the root routes an id to its hierarchy's shard
+        # (the Redis hash slot); '#' never appears in a scope path.
+        return f"{path.partition('/')[0]}#{self._id_prefix}{next(self._ids):x}"
 
     def scopes(self, path: str) -> tuple[str, ...]:
         scopes = self._paths.get(path)
@@ -145,7 +147,7 @@ class LedgerFrontend:
         checked = as_usage(usage, "usage")
         ttl = self.default_ttl_s if ttl_s is None else self.check_ttl(ttl_s)
         now = self.clock.now()
-        return (self.new_id(), path, scopes, checked.units, now, now + ttl), checked
+        return (self.new_id(path), path, scopes, checked.units, now, now + ttl), checked
 
     def commit_args(
         self,
@@ -166,7 +168,7 @@ class LedgerFrontend:
         scopes = self.scopes(path)
         checked = as_usage(usage, "usage")
         args = (
-            self.new_id(),
+            self.new_id(path),
             path,
             scopes,
             checked.charged_units,

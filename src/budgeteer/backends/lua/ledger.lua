@@ -1,0 +1,413 @@
+-- budgeteer's ledger on Redis: every operation is this one script, one round trip, atomic.
+--
+-- KEYS[1]  the key prefix with the hierarchy's hash tag, e.g. "budgeteer:{org:acme}"; every key
+--          an operation touches starts with it, so all of them live in one Cluster slot.
+-- ARGV[1]  the operation; ARGV[2] "now" in epoch seconds, or "" for the server's TIME;
+--          ARGV[3] calendar bounds "key=start:end;..." for the calendar windows the client knows.
+--
+-- Amounts are integers in storage units; Lua numbers are doubles, exact below 2^53, which the
+-- Python side enforces as the largest amount and limit. The rules mirror budgeteer.ledger._core:
+-- a request crosses a limit when used + held + requested > max.
+--
+-- Per scope S: hash P:s:S holds u:<dim> (lifetime used), h:<dim> (held) and windowed meters
+-- (m:<dim>|<window> used, ms:/me: a calendar period's bounds, mh:/ml: a rolling window's oldest
+-- and newest bucket, b:<dim>|<window>|<index> a bucket); hash P:l:S maps "<dim>|<window>" to the
+-- cap. P:holds maps a hold id to "path\ncreated\nexpires\namounts", P:expiry orders them by
+-- expiry, and P:r:<id> records a settled id (kept RETENTION seconds) for idempotent retries.
+
+local P = KEYS[1]
+local op = ARGV[1]
+local now
+if ARGV[2] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[2])
+end
+
+local HOLDS = P .. ':holds'
+local EXPIRY = P .. ':expiry'
+local RETENTION = 7 * 86400
+local EXPIRE_BATCH = 256
+
+local function skey(scope) return P .. ':s:' .. scope end
+local function lkey(scope) return P .. ':l:' .. scope end
+local function rkey(id) return P .. ':r:' .. id end
+local function num(s) return string.format('%.17g', s) end
+
+local function decode(text)
+  local amounts, order = {}, {}
+  for dim, amount in string.gmatch(text or '', '([^=,]+)=(%d+)') do
+    amounts[dim] = tonumber(amount)
+    order[#order + 1] = dim
+  end
+  return amounts, order
+end
+
+local function prefixes(path)
+  local out, acc = {}, nil
+  for segment in string.gmatch(path, '[^/]+') do
+    if acc then acc = acc .. '/' .. segment else acc = segment end
+    out[#out + 1] = acc
+  end
+  return out
+end
+
+local function split_lines(text)
+  local out = {}
+  for line in string.gmatch(text .. '\n', '([^\n]*)\n') do out[#out + 1] = line end
+  return out
+end
+
+local bounds = {}
+for key, start, stop in string.gmatch(ARGV[3] or '', '([^=;]+)=([^:;]+):([^;]+)') do
+  bounds[key] = {tonumber(start), tonumber(stop)}
+end
+
+-- A window key is "lifetime", "rolling:<seconds>:<granularity>" or "calendar:...".
+local function window_of(wkey)
+  if wkey == 'lifetime' then return {kind = 'lifetime'} end
+  local seconds, gran = string.match(wkey, '^rolling:(%d+):(%d+)$')
+  if seconds then
+    seconds, gran = tonumber(seconds), tonumber(gran)
+    return {kind = 'rolling', seconds = seconds, gran = gran, buckets = seconds / gran}
+  end
+  return {kind = 'calendar'}
+end
+
+-- The first calendar window on these scopes (dims in `only`, if given) whose period has ended
+-- and for which the client sent no bounds holding now; nil when all are ready. Checked before
+-- any write, since a Redis script that fails half-way keeps its writes.
+local function missing_bounds(scopes, only)
+  for _, scope in ipairs(scopes) do
+    local flat = redis.call('HGETALL', P .. ':l:' .. scope)
+    for i = 1, #flat, 2 do
+      local dim, wkey = string.match(flat[i], '^([^|]+)|(.+)$')
+      if string.sub(wkey, 1, 9) == 'calendar:' and (not only or only[dim]) then
+        local stop = tonumber(redis.call('HGET', P .. ':s:' .. scope, 'me:' .. flat[i]) or '0')
+        local b = bounds[wkey]
+        if now >= stop and (not b or now < b[1] or now >= b[2]) then return wkey end
+      end
+    end
+  end
+  return nil
+end
+
+-- Bring a windowed meter up to now and return its used amount (bounds checked beforehand).
+local function refresh(scope, dim, wkey, window)
+  local s = skey(scope)
+  local id = dim .. '|' .. wkey
+  if window.kind == 'calendar' then
+    local stop = tonumber(redis.call('HGET', s, 'me:' .. id) or '0')
+    if now >= stop then
+      local b = bounds[wkey]
+      redis.call('HSET', s, 'ms:' .. id, num(b[1]), 'me:' .. id, num(b[2]), 'm:' .. id, 0)
+      return 0
+    end
+    return tonumber(redis.call('HGET', s, 'm:' .. id) or '0')
+  end
+  local used = tonumber(redis.call('HGET', s, 'm:' .. id) or '0')
+  local oldest = redis.call('HGET', s, 'mh:' .. id)
+  if not oldest then return used end
+  oldest = tonumber(oldest)
+  local newest = tonumber(redis.call('HGET', s, 'ml:' .. id))
+  local cutoff = math.floor(now / window.gran) - window.buckets
+  if oldest >= cutoff then return used end
+  local last = math.min(newest, cutoff - 1)
+  for index = oldest, last do
+    local field = 'b:' .. id .. '|' .. index
+    local amount = redis.call('HGET', s, field)
+    if amount then
+      used = used - tonumber(amount)
+      redis.call('HDEL', s, field)
+    end
+  end
+  if newest < cutoff then
+    redis.call('HDEL', s, 'mh:' .. id, 'ml:' .. id)
+    used = 0
+  else
+    redis.call('HSET', s, 'mh:' .. id, cutoff)
+  end
+  redis.call('HSET', s, 'm:' .. id, used)
+  return used
+end
+
+local function add_to_meter(scope, dim, wkey, window, amount)
+  local s = skey(scope)
+  local id = dim .. '|' .. wkey
+  redis.call('HINCRBY', s, 'm:' .. id, amount)
+  if window.kind == 'rolling' then
+    local index = math.floor(now / window.gran)
+    local newest = tonumber(redis.call('HGET', s, 'ml:' .. id) or '-1')
+    if newest >= index then index = newest end  -- a clock that stepped back adds to the newest
+    redis.call('HINCRBY', s, 'b:' .. id .. '|' .. index, amount)
+    redis.call('HSET', s, 'ml:' .. id, index)
+    if not redis.call('HGET', s, 'mh:' .. id) then redis.call('HSET', s, 'mh:' .. id, index) end
+  end
+end
+
+local function retry_after(scope, dim, wkey, window, used, held, requested, max)
+  local s = skey(scope)
+  local id = dim .. '|' .. wkey
+  if window.kind == 'calendar' then
+    if held + requested > max then return '' end
+    return num(math.max(0, tonumber(redis.call('HGET', s, 'me:' .. id)) - now))
+  end
+  if window.kind ~= 'rolling' then return '' end
+  local over = used + held + requested - max
+  local oldest = redis.call('HGET', s, 'mh:' .. id)
+  if not oldest then return '' end
+  local freed = 0
+  for index = tonumber(oldest), tonumber(redis.call('HGET', s, 'ml:' .. id)) do
+    freed = freed + tonumber(redis.call('HGET', s, 'b:' .. id .. '|' .. index) or '0')
+    if freed >= over then
+      return num(math.max(0, (index + window.buckets + 1) * window.gran - now))
+    end
+  end
+  return ''
+end
+
+-- The limits of one scope as a list of {dim, wkey, max}, in a stable order.
+local function limits_of(scope)
+  local flat = redis.call('HGETALL', lkey(scope))
+  local out = {}
+  for i = 1, #flat, 2 do
+    local dim, wkey = string.match(flat[i], '^([^|]+)|(.+)$')
+    out[#out + 1] = {dim, wkey, tonumber(flat[i + 1]), flat[i]}
+  end
+  table.sort(out, function(a, b) return a[4] < b[4] end)
+  return out
+end
+
+local function drop_hold(path, amounts)
+  for _, scope in ipairs(prefixes(path)) do
+    for dim, amount in pairs(amounts) do
+      redis.call('HINCRBY', skey(scope), 'h:' .. dim, -amount)
+    end
+  end
+end
+
+local function settle_record(id, fields)
+  redis.call('DEL', rkey(id))
+  redis.call('HSET', rkey(id), unpack(fields))
+  redis.call('EXPIRE', rkey(id), RETENTION)
+end
+
+local function reclaim_expired()
+  local due = redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', num(now), 'LIMIT', 0, EXPIRE_BATCH)
+  for _, id in ipairs(due) do
+    local hold = redis.call('HGET', HOLDS, id)
+    if hold then
+      local parts = split_lines(hold)
+      drop_hold(parts[1], decode(parts[4]))
+      redis.call('HDEL', HOLDS, id)
+      settle_record(id, {'state', 'expired', 'path', parts[1]})
+    end
+    redis.call('ZREM', EXPIRY, id)
+  end
+end
+
+-- Record actual usage on every scope of path; returns the overruns as a flat list.
+local function record(path, actual, order)
+  local over = {}
+  for _, scope in ipairs(prefixes(path)) do
+    local s = skey(scope)
+    for _, dim in ipairs(order) do
+      redis.call('HINCRBY', s, 'u:' .. dim, actual[dim])
+    end
+    for _, limit in ipairs(limits_of(scope)) do
+      local dim, wkey, max = limit[1], limit[2], limit[3]
+      local amount = actual[dim]
+      if amount then
+        local window = window_of(wkey)
+        local used
+        if window.kind == 'lifetime' then
+          used = tonumber(redis.call('HGET', s, 'u:' .. dim))
+        else
+          refresh(scope, dim, wkey, window)
+          add_to_meter(scope, dim, wkey, window, amount)
+          used = tonumber(redis.call('HGET', s, 'm:' .. dim .. '|' .. wkey))
+        end
+        if used > max then
+          local held = tonumber(redis.call('HGET', s, 'h:' .. dim) or '0')
+          for _, v in ipairs({scope, dim, wkey, max, used, held}) do over[#over + 1] = v end
+        end
+      end
+    end
+  end
+  return over
+end
+
+-- Every limit of the given scopes with its counters, optionally only the dims in `only`.
+local function states(scopes, only)
+  local out = {}
+  for _, scope in ipairs(scopes) do
+    local s = skey(scope)
+    for _, limit in ipairs(limits_of(scope)) do
+      local dim, wkey, max = limit[1], limit[2], limit[3]
+      if not only or only[dim] then
+        local window = window_of(wkey)
+        local used
+        if window.kind == 'lifetime' then
+          used = tonumber(redis.call('HGET', s, 'u:' .. dim) or '0')
+        else
+          used = refresh(scope, dim, wkey, window)
+        end
+        local held = tonumber(redis.call('HGET', s, 'h:' .. dim) or '0')
+        out[#out + 1] = {scope, dim, wkey, max, used, held, window}
+      end
+    end
+  end
+  return out
+end
+
+local function flatten(rows)
+  local out = {}
+  for _, row in ipairs(rows) do
+    for i = 1, 6 do out[#out + 1] = row[i] end
+  end
+  return out
+end
+
+if op == 'reserve' then
+  -- ARGV: 4 id, 5 path, 6 amounts, 7 expires_at offset (ttl seconds)
+  local id, path = ARGV[4], ARGV[5]
+  local amounts, order = decode(ARGV[6])
+  local expires_at = now + tonumber(ARGV[7])
+  local scopes = prefixes(path)
+  local missing = missing_bounds(scopes, amounts)
+  if missing then return {'bounds', missing, num(now)} end
+  reclaim_expired()
+  local rows = states(scopes, amounts)
+  for _, row in ipairs(rows) do
+    local scope, dim, wkey, max, used, held, window = unpack(row)
+    local requested = amounts[dim]
+    if used + held + requested > max then
+      local wait = retry_after(scope, dim, wkey, window, used, held, requested, max)
+      return {'deny', scope, dim, wkey, max, used, held, requested, wait, num(now)}
+    end
+    row[6] = held + requested
+  end
+  for _, scope in ipairs(scopes) do
+    for _, dim in ipairs(order) do
+      redis.call('HINCRBY', skey(scope), 'h:' .. dim, amounts[dim])
+    end
+  end
+  redis.call('HSET', HOLDS, id, path .. '\n' .. num(now) .. '\n' .. num(expires_at) .. '\n' .. ARGV[6])
+  redis.call('ZADD', EXPIRY, num(expires_at), id)
+  local reply = {'ok', num(now), num(expires_at)}
+  for _, v in ipairs(flatten(rows)) do reply[#reply + 1] = v end
+  return reply
+end
+
+if op == 'commit' then
+  -- ARGV: 4 id, 5 actual, 6 metadata (JSON, opaque here)
+  local id = ARGV[4]
+  local actual, order = decode(ARGV[5])
+  local hold = redis.call('HGET', HOLDS, id)
+  local path, late
+  if hold then
+    local parts = split_lines(hold)
+    path = parts[1]
+    local missing = missing_bounds(prefixes(path), actual)
+    if missing then return {'bounds', missing, num(now)} end
+    late = tonumber(parts[3]) <= now
+    drop_hold(path, decode(parts[4]))
+    redis.call('HDEL', HOLDS, id)
+    redis.call('ZREM', EXPIRY, id)
+  else
+    local state = redis.call('HGET', rkey(id), 'state')
+    if not state then return {'unknown'} end
+    if state == 'released' then return {'released'} end
+    if state == 'committed' then
+      local r = redis.call('HMGET', rkey(id), 'path', 'actual', 'at', 'late', 'overruns', 'metadata')
+      return {'replayed', r[1], r[2], r[3], r[4], r[5], r[6]}
+    end
+    path = redis.call('HGET', rkey(id), 'path')  -- expired and reclaimed: record it late
+    local missing = missing_bounds(prefixes(path), actual)
+    if missing then return {'bounds', missing, num(now)} end
+    late = true
+  end
+  local over = record(path, actual, order)
+  local over_text = table.concat(over, '\n')
+  settle_record(id, {'state', 'committed', 'path', path, 'actual', ARGV[5], 'at', num(now),
+    'late', late and '1' or '0', 'overruns', over_text, 'metadata', ARGV[6]})
+  return {'committed', path, ARGV[5], num(now), late and '1' or '0', over_text, ARGV[6]}
+end
+
+if op == 'charge' then
+  -- ARGV: 4 id, 5 path, 6 actual
+  local actual, order = decode(ARGV[6])
+  local missing = missing_bounds(prefixes(ARGV[5]), actual)
+  if missing then return {'bounds', missing, num(now)} end
+  local over = record(ARGV[5], actual, order)
+  return {'committed', ARGV[5], ARGV[6], num(now), '0', table.concat(over, '\n'), ''}
+end
+
+if op == 'release' then
+  local id = ARGV[4]
+  local hold = redis.call('HGET', HOLDS, id)
+  if hold then
+    local parts = split_lines(hold)
+    drop_hold(parts[1], decode(parts[4]))
+    redis.call('HDEL', HOLDS, id)
+    redis.call('ZREM', EXPIRY, id)
+    -- A lapsed hold ends as "expired", as if expiry had reclaimed it first.
+    local state = (tonumber(parts[3]) <= now) and 'expired' or 'released'
+    settle_record(id, {'state', state, 'path', parts[1]})
+    return {'ok'}
+  end
+  local state = redis.call('HGET', rkey(id), 'state')
+  if not state then return {'unknown'} end
+  if state == 'committed' then return {'committed'} end
+  return {'ok'}
+end
+
+if op == 'peek' then
+  -- ARGV: 4 path
+  local missing = missing_bounds(prefixes(ARGV[4]), nil)
+  if missing then return {'bounds', missing, num(now)} end
+  reclaim_expired()
+  return flatten(states(prefixes(ARGV[4]), nil))
+end
+
+if op == 'meters' then
+  -- ARGV: 4 scope
+  local scope = ARGV[4]
+  local missing = missing_bounds({scope}, nil)
+  if missing then return {'bounds', missing, num(now)} end
+  reclaim_expired()
+  local flat = redis.call('HGETALL', skey(scope))
+  local totals = {}
+  for i = 1, #flat, 2 do
+    local kind, dim = string.match(flat[i], '^([uh]):(.+)$')
+    if kind then
+      totals[#totals + 1] = flat[i]
+      totals[#totals + 1] = flat[i + 1]
+    end
+  end
+  return {totals, flatten(states({scope}, nil))}
+end
+
+if op == 'set_limit' then
+  -- ARGV: 4 scope, 5 dim, 6 wkey, 7 max
+  redis.call('HSET', lkey(ARGV[4]), ARGV[5] .. '|' .. ARGV[6], ARGV[7])
+  return {'ok'}
+end
+
+if op == 'remove_limit' then
+  local scope, dim, wkey = ARGV[4], ARGV[5], ARGV[6]
+  local removed = redis.call('HDEL', lkey(scope), dim .. '|' .. wkey)
+  local s = skey(scope)
+  local id = dim .. '|' .. wkey
+  local oldest = redis.call('HGET', s, 'mh:' .. id)
+  if oldest then
+    for index = tonumber(oldest), tonumber(redis.call('HGET', s, 'ml:' .. id)) do
+      redis.call('HDEL', s, 'b:' .. id .. '|' .. index)
+    end
+  end
+  redis.call('HDEL', s, 'm:' .. id, 'ms:' .. id, 'me:' .. id, 'mh:' .. id, 'ml:' .. id)
+  return {removed}
+end
+
+return redis.error_reply('budgeteer: unknown operation ' .. tostring(op))

