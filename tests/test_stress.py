@@ -1,8 +1,8 @@
-"""Many processes racing for one SQLite budget: exactly the cap wins, never more at any moment.
+"""Many processes racing for one budget: exactly the cap wins, never more at any moment.
 
-Each worker is a separate (spawned) process with its own ``Ledger`` on the same file, as real
-agents on one host would be. Workers report counts rather than raising, so a failure shows every
-worker's view at once.
+Runs on every shared backend (a SQLite file, a real Redis server). Each worker is a separate
+(spawned) process with its own ``Ledger`` on the same store, as real agents would be. Workers
+report counts rather than raising, so a failure shows every worker's view at once.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -35,9 +36,14 @@ ONE_UNIT = Usage(requests=1)
 CTX = multiprocessing.get_context("spawn")
 
 
-def sqlite_url(path: Path) -> str:
-    # An absolute path after "sqlite:///" gives the four slashes SQLAlchemy's form expects.
-    return f"sqlite:///{path.resolve()}"
+@pytest.fixture(params=["sqlite", "redis"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh shared store; Redis uses the server's clock and a key prefix of its own."""
+    if request.param == "sqlite":
+        # An absolute path after "sqlite:///" gives the four slashes SQLAlchemy's form expects.
+        return f"sqlite:///{(tmp_path / 'stress.db').resolve()}"
+    base = request.getfixturevalue("redis_url")
+    return f"{base}?prefix=stress{secrets.token_hex(6)}"
 
 
 @dataclass
@@ -125,8 +131,7 @@ def _collect(results: Any, workers: list[Any], timeout_s: float = 300.0) -> list
     return reports
 
 
-def _race(db: Path, path_of: Callable[[int], str]) -> tuple[list[WorkerReport], PollReport]:
-    url = sqlite_url(db)
+def _race(url: str, path_of: Callable[[int], str]) -> tuple[list[WorkerReport], PollReport]:
     with Ledger(url) as ledger:
         ledger.set_limit(TOP, Limit("requests", CAP))
     start = CTX.Event()
@@ -150,7 +155,7 @@ def _race(db: Path, path_of: Callable[[int], str]) -> tuple[list[WorkerReport], 
 
 
 def _check_race(
-    db: Path, reports: list[WorkerReport], poll_report: PollReport, leaf_scopes: bool
+    url: str, reports: list[WorkerReport], poll_report: PollReport, leaf_scopes: bool
 ) -> None:
     assert [r.errors for r in reports] == [[]] * WORKERS
     assert [r.bad_denials for r in reports] == [[]] * WORKERS
@@ -160,7 +165,7 @@ def _check_race(
     assert poll_report.errors == []
     assert poll_report.polls > 0
     assert poll_report.max_used_plus_held <= CAP
-    with Ledger(sqlite_url(db)) as ledger:
+    with Ledger(url) as ledger:
         top = ledger.usage(TOP)
         assert top.used.requests == CAP
         assert top.held.requests == 0
@@ -170,17 +175,15 @@ def _check_race(
                 assert ledger.usage(report.path).used.requests == report.committed
 
 
-def test_eight_processes_one_level_path_commit_exactly_the_cap(tmp_path: Path) -> None:
-    db = tmp_path / "stress.db"
-    reports, poll_report = _race(db, lambda _: TOP)
-    _check_race(db, reports, poll_report, leaf_scopes=False)
+def test_eight_processes_one_level_path_commit_exactly_the_cap(url: str) -> None:
+    reports, poll_report = _race(url, lambda _: TOP)
+    _check_race(url, reports, poll_report, leaf_scopes=False)
 
 
-def test_eight_processes_four_level_paths_commit_exactly_the_top_cap(tmp_path: Path) -> None:
-    db = tmp_path / "stress.db"
-    reports, poll_report = _race(db, lambda i: f"{TOP}/team:t/eng:e/session:{i}")
-    _check_race(db, reports, poll_report, leaf_scopes=True)
-    with Ledger(sqlite_url(db)) as ledger:
+def test_eight_processes_four_level_paths_commit_exactly_the_top_cap(url: str) -> None:
+    reports, poll_report = _race(url, lambda i: f"{TOP}/team:t/eng:e/session:{i}")
+    _check_race(url, reports, poll_report, leaf_scopes=True)
+    with Ledger(url) as ledger:
         for scope in (f"{TOP}/team:t", f"{TOP}/team:t/eng:e"):
             assert ledger.usage(scope).used.requests == CAP
 
@@ -205,8 +208,7 @@ def _commit_then_hold_forever(url: str, ready: Any) -> None:
     time.sleep(600)  # until SIGKILL
 
 
-def test_sigkilled_process_keeps_commits_and_its_holds_return_after_ttl(tmp_path: Path) -> None:
-    url = sqlite_url(tmp_path / "killed.db")
+def test_sigkilled_process_keeps_commits_and_its_holds_return_after_ttl(url: str) -> None:
     with Ledger(url) as ledger:
         ledger.set_limit(TOP, Limit("requests", KILL_CAP))
         ready = CTX.Queue()
