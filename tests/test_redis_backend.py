@@ -1,0 +1,85 @@
+"""What only the Redis backend does: server time, hash-tagged keys, one script per operation."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from budgeteer import BudgetExceeded, InvalidInput, Ledger, Limit, Usage, Window
+from budgeteer.testing import FakeClock
+
+ORG = "org:acme"
+
+
+@pytest.fixture
+def server_url(redis_url: str) -> str:
+    """A fresh key prefix on the session's server, using the server's clock."""
+    return f"{redis_url}?prefix=rt{secrets.token_hex(6)}"
+
+
+def test_hosts_with_skewed_clocks_share_one_rolling_window(server_url: str) -> None:
+    # Two hosts 30 s apart. With the server's TIME, both see the same window and TTLs.
+    ahead = FakeClock(start=2_000_000_000.0 + 30)
+    behind = FakeClock(start=2_000_000_000.0)
+    first, second = Ledger(server_url, clock=ahead), Ledger(server_url, clock=behind)
+    window = Window.rolling(seconds=60, granularity_s=1)
+    first.set_limit(ORG, Limit("requests", 3, window))
+    first.charge(f"{ORG}/host:a", Usage(requests=2))
+    second.charge(f"{ORG}/host:b", Usage(requests=1))
+    for ledger in (first, second):
+        with pytest.raises(BudgetExceeded) as refused:
+            ledger.reserve(f"{ORG}/host:x", Usage(requests=1))
+        assert refused.value.used == 3
+        # Measured from the server's clock, not the host's fake one 30 s or 4 years away.
+        assert refused.value.retry_after is not None
+        assert 59 <= refused.value.retry_after <= 62
+    hold = second.reserve(f"{ORG}/host:b", Usage(tool_calls=1), ttl_s=30)
+    assert [h.held for h in first.peek(ORG).limits] == [0]
+    assert first.usage(ORG).held.tool_calls == 1
+    second.release(hold)
+
+
+def test_every_key_of_a_hierarchy_shares_one_hash_tag(redis_url: str) -> None:
+    prefix = f"tag{secrets.token_hex(6)}"
+    ledger = Ledger(f"{redis_url}?time=client&prefix={prefix}", clock=FakeClock())
+    ledger.set_limit(ORG, Limit("cost_usd", 5, Window.daily()))
+    hold = ledger.reserve(f"{ORG}/team:t/run:1", Usage(cost_usd=1), ttl_s=60)
+    ledger.commit(hold, Usage(cost_usd="0.5"))
+    ledger.reserve(f"{ORG}/team:t/run:2", Usage(cost_usd=1), ttl_s=60)
+    client = redis.Redis.from_url(redis_url)
+    keys = [k.decode() for k in client.scan_iter(match=f"{prefix}:*")]
+    assert len(keys) >= 6
+    assert all(k.startswith(f"{prefix}:{{{ORG}}}:") for k in keys)
+    slots = {key_slot(k.encode()) for k in keys}  # the slot Redis Cluster would use
+    assert len(slots) == 1
+
+
+def test_a_calendar_window_the_client_has_not_seen_is_resolved_in_one_retry(
+    server_url: str,
+) -> None:
+    writer, reader = Ledger(server_url), Ledger(server_url)
+    writer.set_limit(ORG, Limit("requests", 1, Window.daily("Asia/Tokyo")))
+    writer.charge(ORG, Usage(requests=1))
+    with pytest.raises(BudgetExceeded) as refused:
+        reader.reserve(ORG, Usage(requests=1))  # this client never saw the Tokyo window
+    assert refused.value.window == Window.daily("Asia/Tokyo")
+    assert refused.value.retry_after is not None
+    assert 0 < refused.value.retry_after <= 86400
+
+
+def test_bad_redis_options(redis_url: str) -> None:
+    with pytest.raises(InvalidInput) as bad_time:
+        Ledger(f"{redis_url}?time=sundial")
+    assert bad_time.value.field == "url"
+    with pytest.raises(InvalidInput) as bad_prefix:
+        Ledger(f"{redis_url}?prefix={{x}}")
+    assert bad_prefix.value.field == "url"
+
+
+def test_the_password_never_appears_in_the_url(redis_url: str) -> None:
+    host = redis_url.removeprefix("redis://")
+    ledger = Ledger(f"redis://:s3cret@{host}?prefix=x")
+    assert "s3cret" not in ledger.url
