@@ -75,24 +75,6 @@ local function window_of(wkey)
   return {kind = 'calendar'}
 end
 
--- The first calendar window on these scopes (dims in `only`, if given) whose period has ended
--- and for which the client sent no bounds holding now; nil when all are ready. Checked before
--- any write, since a Redis script that fails half-way keeps its writes.
-local function missing_bounds(scopes, only)
-  for _, scope in ipairs(scopes) do
-    local flat = redis.call('HGETALL', P .. ':l:' .. scope)
-    for i = 1, #flat, 2 do
-      local dim, wkey = string.match(flat[i], '^([^|]+)|(.+)$')
-      if string.sub(wkey, 1, 9) == 'calendar:' and (not only or only[dim]) then
-        local stop = tonumber(redis.call('HGET', P .. ':s:' .. scope, 'me:' .. flat[i]) or '0')
-        local b = bounds[wkey]
-        if now >= stop and (not b or now < b[1] or now >= b[2]) then return wkey end
-      end
-    end
-  end
-  return nil
-end
-
 -- Bring a windowed meter up to now and return its used amount (bounds checked beforehand).
 local function refresh(scope, dim, wkey, window)
   local s = skey(scope)
@@ -167,8 +149,12 @@ local function retry_after(scope, dim, wkey, window, used, held, requested, max)
   return ''
 end
 
--- The limits of one scope as a list of {dim, wkey, max}, in a stable order.
+-- The limits of one scope as a list of {dim, wkey, max, field}, in a stable order; read once
+-- per script run (every redis.call costs a few microseconds of the server's single thread).
+local limit_cache = {}
 local function limits_of(scope)
+  local cached = limit_cache[scope]
+  if cached then return cached end
   local flat = redis.call('HGETALL', lkey(scope))
   local out = {}
   for i = 1, #flat, 2 do
@@ -176,7 +162,25 @@ local function limits_of(scope)
     out[#out + 1] = {dim, wkey, tonumber(flat[i + 1]), flat[i]}
   end
   table.sort(out, function(a, b) return a[4] < b[4] end)
+  limit_cache[scope] = out
   return out
+end
+
+-- The first calendar window on these scopes (dims in `only`, if given) whose period has ended
+-- and for which the client sent no bounds holding now; nil when all are ready. Checked before
+-- any write, since a Redis script that fails half-way keeps its writes.
+local function missing_bounds(scopes, only)
+  for _, scope in ipairs(scopes) do
+    for _, limit in ipairs(limits_of(scope)) do
+      local dim, wkey = limit[1], limit[2]
+      if string.sub(wkey, 1, 9) == 'calendar:' and (not only or only[dim]) then
+        local stop = tonumber(redis.call('HGET', skey(scope), 'me:' .. limit[4]) or '0')
+        local b = bounds[wkey]
+        if now >= stop and (not b or now < b[1] or now >= b[2]) then return wkey end
+      end
+    end
+  end
+  return nil
 end
 
 local function drop_hold(path, amounts)
@@ -188,7 +192,6 @@ local function drop_hold(path, amounts)
 end
 
 local function settle_record(id, fields)
-  redis.call('DEL', rkey(id))
   redis.call('HSET', rkey(id), unpack(fields))
   redis.call('EXPIRE', rkey(id), RETENTION)
 end
@@ -212,8 +215,9 @@ local function record(path, actual, order)
   local over = {}
   for _, scope in ipairs(prefixes(path)) do
     local s = skey(scope)
+    local totals = {}
     for _, dim in ipairs(order) do
-      redis.call('HINCRBY', s, 'u:' .. dim, actual[dim])
+      totals[dim] = redis.call('HINCRBY', s, 'u:' .. dim, actual[dim])
     end
     for _, limit in ipairs(limits_of(scope)) do
       local dim, wkey, max = limit[1], limit[2], limit[3]
@@ -222,7 +226,7 @@ local function record(path, actual, order)
         local window = window_of(wkey)
         local used
         if window.kind == 'lifetime' then
-          used = tonumber(redis.call('HGET', s, 'u:' .. dim))
+          used = totals[dim]
         else
           refresh(scope, dim, wkey, window)
           add_to_meter(scope, dim, wkey, window, amount)
@@ -247,13 +251,10 @@ local function states(scopes, only)
       local dim, wkey, max = limit[1], limit[2], limit[3]
       if not only or only[dim] then
         local window = window_of(wkey)
-        local used
-        if window.kind == 'lifetime' then
-          used = tonumber(redis.call('HGET', s, 'u:' .. dim) or '0')
-        else
-          used = refresh(scope, dim, wkey, window)
-        end
-        local held = tonumber(redis.call('HGET', s, 'h:' .. dim) or '0')
+        local counters = redis.call('HMGET', s, 'u:' .. dim, 'h:' .. dim)
+        local used = tonumber(counters[1] or '0')
+        if window.kind ~= 'lifetime' then used = refresh(scope, dim, wkey, window) end
+        local held = tonumber(counters[2] or '0')
         out[#out + 1] = {scope, dim, wkey, max, used, held, window}
       end
     end
