@@ -130,14 +130,14 @@ def main() -> None:
                            ("8 processes: budgeteer, 4 levels", PATH_4),
                            ("8 processes: limits hits", "")):  # fmt: skip
             results.append((name, parallel(url, path, per_process), "aggregate", float("nan")))
+        server = str(redis.Redis.from_url(url).info("server")["redis_version"])
     for name, value, note, ratio in results:
         print(f"{name:45s} {value:>10,.0f}/s  {ratio:7.1%}  {note}")
     if not args.no_write:
-        write(results, url)
+        write(results, server)
 
 
-def write(results: list[tuple[str, float, str, float]], url: str) -> None:
-    server = redis.Redis.from_url(url).info("server")["redis_version"]
+def write(results: list[tuple[str, float, str, float]], server: str) -> None:
     lines = [
         BEGIN,
         "## Redis reserve+commit cycles (`benchmarks/bench_redis.py`)",
