@@ -13,14 +13,27 @@ from urllib.parse import urlsplit
 
 from budgeteer.backends.base import Backend
 from budgeteer.errors import BackendUnavailable, InvalidInput
+from budgeteer.model import Usage
 
 
-def open_backend(url: str) -> Backend:
-    """Open the backend named by ``url``.
+def open_backend(url: str, on_store_down: str = "raise", emergency: Usage | None = None) -> Backend:
+    """Open the backend named by ``url``, with its store-down policy.
+
+    Network stores (Redis) are always wrapped in ``ResilientBackend`` (commits are retried);
+    other stores only when a policy other than ``"raise"`` is asked for.
 
     Raises:
-        InvalidInput: unknown scheme or malformed URL.
+        InvalidInput: unknown scheme, malformed URL or policy.
     """
+    backend = _open(url)
+    if on_store_down != "raise" or emergency is not None or backend.remote:
+        from budgeteer.backends.resilient import ResilientBackend
+
+        return ResilientBackend(backend, on_store_down, emergency)  # type: ignore[arg-type]
+    return backend
+
+
+def _open(url: str) -> Backend:
     if not isinstance(url, str):
         raise InvalidInput("url", url, "expected a backend URL such as 'sqlite:///budget.db'")
     scheme = urlsplit(url).scheme

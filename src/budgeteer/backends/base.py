@@ -76,6 +76,8 @@ class Backend(Protocol):
     """The URL the backend was opened from, with any password removed."""
     blocking: bool
     """True if operations wait on I/O (the async ledger then runs them in a worker thread)."""
+    remote: bool
+    """True for network stores, whose outages the store-down policy handles."""
 
     def set_limit(self, scope: str, dimension: str, window_key: str, max_units: int) -> None:
         """Create or replace the limit on ``(scope, dimension, window_key)``."""

@@ -86,6 +86,8 @@ class MemoryBackend:
 
     blocking = False
     """Operations never wait on I/O, so the async ledger calls them directly."""
+    remote = False
+    """In-process or on the local disk: no store-down policy is needed."""
 
     def __init__(self, url: str = "memory://") -> None:
         self.url = url

@@ -41,6 +41,8 @@ class RedisBackend:
 
     blocking = True
     """Operations wait on the network, so the async ledger runs them in a worker thread."""
+    remote = True
+    """A network store: outages go through the store-down policy."""
 
     def __init__(self, url: str) -> None:
         try:

@@ -200,6 +200,8 @@ class SQLiteBackend:
 
     blocking = True
     """Operations wait on file locks and disk, so the async ledger runs them in a thread."""
+    remote = False
+    """In-process or on the local disk: no store-down policy is needed."""
 
     def __init__(
         self,

@@ -10,9 +10,10 @@ from typing import TypeVar
 from budgeteer._clock import Clock
 from budgeteer.backends import open_backend
 from budgeteer.backends.base import Backend
+from budgeteer.backends.resilient import StoreDownPolicy
 from budgeteer.errors import BackendUnavailable, BudgeteerError, ReservationSettled
 from budgeteer.ledger._frontend import DEFAULT_TTL_S, LedgerFrontend, UsageLike
-from budgeteer.model import Charge, Headroom, Limit, Reservation, ScopeUsage, Window
+from budgeteer.model import Charge, Headroom, Limit, Reservation, ScopeUsage, Usage, Window
 
 T = TypeVar("T")
 
@@ -30,8 +31,10 @@ class AsyncLedger:
         *,
         clock: Clock | None = None,
         default_ttl_s: float = DEFAULT_TTL_S,
+        on_store_down: StoreDownPolicy = "raise",
+        emergency: Usage | None = None,
     ) -> None:
-        backend = open_backend(url) if isinstance(url, str) else url
+        backend = open_backend(url, on_store_down, emergency) if isinstance(url, str) else url
         self._front = LedgerFrontend(backend, clock, default_ttl_s)
         self._backend = backend
 

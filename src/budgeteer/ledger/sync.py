@@ -9,9 +9,10 @@ from typing import TypeVar
 from budgeteer._clock import Clock
 from budgeteer.backends import open_backend
 from budgeteer.backends.base import Backend
+from budgeteer.backends.resilient import StoreDownPolicy
 from budgeteer.errors import BackendUnavailable, BudgeteerError, ReservationSettled
 from budgeteer.ledger._frontend import DEFAULT_TTL_S, LedgerFrontend, UsageLike
-from budgeteer.model import Charge, Headroom, Limit, Reservation, ScopeUsage, Window
+from budgeteer.model import Charge, Headroom, Limit, Reservation, ScopeUsage, Usage, Window
 
 T = TypeVar("T")
 
@@ -34,6 +35,11 @@ class Ledger:
             (``?durability=power-loss`` adds an fsync per transaction), or a ``Backend``.
         clock: where time comes from; tests pass ``budgeteer.testing.FakeClock``.
         default_ttl_s: how long a hold lives unless ``reserve`` says otherwise.
+        on_store_down: what to do when a network store stays unreachable after retries:
+            ``"raise"`` ``BackendUnavailable`` (default), ``"deny"`` every reservation, or
+            ``"allow"`` reservations against the local ``emergency`` budget. Commits that
+            cannot be delivered are queued and delivered first once the store is back.
+        emergency: the per-process allowance for ``on_store_down="allow"``.
     """
 
     def __init__(
@@ -42,8 +48,10 @@ class Ledger:
         *,
         clock: Clock | None = None,
         default_ttl_s: float = DEFAULT_TTL_S,
+        on_store_down: StoreDownPolicy = "raise",
+        emergency: Usage | None = None,
     ) -> None:
-        backend = open_backend(url) if isinstance(url, str) else url
+        backend = open_backend(url, on_store_down, emergency) if isinstance(url, str) else url
         self._front = LedgerFrontend(backend, clock, default_ttl_s)
         self._backend = backend
 
