@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from budgeteer._clock import Clock
 from budgeteer.backends import open_backend
 from budgeteer.backends.base import Backend
-from budgeteer.backends.resilient import StoreDownPolicy
 from budgeteer.errors import BackendUnavailable, BudgeteerError, ReservationSettled
 from budgeteer.ledger._frontend import DEFAULT_TTL_S, LedgerFrontend, UsageLike
 from budgeteer.model import Charge, Headroom, Limit, Reservation, ScopeUsage, Usage, Window
+
+if TYPE_CHECKING:
+    from budgeteer.backends.resilient import StoreDownPolicy
 
 T = TypeVar("T")
 
