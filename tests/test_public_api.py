@@ -10,7 +10,8 @@ import budgeteer
 PUBLIC = {
     "DIMENSIONS", "AsyncLedger", "AsyncModelCall", "AsyncRunGuard", "BackendUnavailable",
     "BudgetExceeded", "BudgetWarning", "BudgeteerError", "Charge", "Clock", "Headroom",
-    "InvalidInput", "Ledger", "Limit", "LimitHeadroom", "LongContextPrice", "ModelCall",
+    "InvalidInput", "Lease", "LeasePool", "Ledger", "Limit", "LimitHeadroom",
+    "LongContextPrice", "ModelCall",
     "ModelPrice", "Overrun", "Price", "Pricing", "Reservation", "ReservationError",
     "ReservationSettled", "ResourceQuota", "ResourceTracker", "ResourceUsage", "RunGuard",
     "RunReport", "ScopeUsage", "StepTimeout", "SystemClock", "UnknownModel",

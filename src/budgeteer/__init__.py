@@ -23,6 +23,7 @@ from budgeteer.guard import (
     RunReport,
     estimate_prompt_tokens,
 )
+from budgeteer.lease import Lease, LeasePool
 from budgeteer.ledger import AsyncLedger, Ledger
 from budgeteer.model import (
     DIMENSIONS,
@@ -58,6 +59,8 @@ __all__ = [
     "Clock",
     "Headroom",
     "InvalidInput",
+    "Lease",
+    "LeasePool",
     "Ledger",
     "Limit",
     "LimitHeadroom",
