@@ -24,7 +24,7 @@ import redis
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
-from budgeteer import Ledger, Limit, Usage
+from budgeteer import LeasePool, Ledger, Limit, Usage
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -58,6 +58,16 @@ def ledger_cycle(url: str, path: str) -> Callable[[], object]:
         return ledger.commit(ledger.reserve(path, usage), usage)
 
     return cycle
+
+
+def lease_cycle(url: str, path: str) -> Callable[[], object]:
+    ledger = Ledger(f"{url}?prefix=bench{secrets.token_hex(4)}")
+    scopes = path.split("/")
+    for depth in range(1, len(scopes) + 1):
+        ledger.set_limit("/".join(scopes[:depth]), Limit("requests", 10**15))
+    pool = LeasePool(ledger, path, Usage(requests=1000), ttl_s=60)
+    usage = Usage(requests=1)
+    return lambda: pool.admit(usage)
 
 
 def limits_cycle(url: str) -> Callable[[], object]:
@@ -115,6 +125,8 @@ def main() -> None:
             ("budgeteer reserve+commit, 1 level", ledger_cycle(url, PATH_1), "2 round trips"),
             ("budgeteer reserve+commit, 4 levels", ledger_cycle(url, PATH_4),
              "target >= 45% of limits"),
+            ("budgeteer LeasePool admission, 4 levels, slice 1000", lease_cycle(url, PATH_4),
+             "target >= 10x the row above"),
         ]  # fmt: skip
         rounds = []
         for index in range(args.rounds):
