@@ -87,6 +87,21 @@ def session_server() -> Iterator[str | None]:
         yield private_url
 
 
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 def _cluster_state(client: object) -> str:
     info = client.execute_command("CLUSTER INFO")  # type: ignore[attr-defined]
     if isinstance(info, dict):
@@ -101,34 +116,21 @@ def private_cluster(binary: str, nodes: int = 3) -> Iterator[str]:
     import redis
 
     directory = Path(tempfile.mkdtemp(prefix="budgeteer-cluster-"))
-    ports = [free_port() for _ in range(nodes)]
+    ports: list[int] = []
+    while len(ports) < nodes:
+        port = _free_cluster_port()
+        if port not in ports:
+            ports.append(port)
     processes = []
     try:
         for port in ports:
             node_dir = directory / str(port)
             node_dir.mkdir()
+            command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir",
+                       str(node_dir), "--save", "", "--appendonly", "no", "--cluster-enabled",
+                       "yes", "--cluster-config-file", "nodes.conf"]  # fmt: skip
             processes.append(
-                subprocess.Popen(
-                    [
-                        binary,
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--dir",
-                        str(node_dir),
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                    ],  # fmt: skip
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
+                subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             )
         clients = [redis.Redis(port=port) for port in ports]
         deadline = time.monotonic() + 10

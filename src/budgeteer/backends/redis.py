@@ -127,7 +127,7 @@ class RedisBackend:
         return bool(reply[0])
 
     def get_limits(self, scope: str) -> list[tuple[str, str, int]]:
-        flat: dict[bytes, bytes] = self._client.hgetall(f"{self._key(scope)}:l:{scope}")  # type: ignore[assignment]
+        flat: dict[bytes, bytes] = self._client.hgetall(f"{self._key(scope)}:l:{scope}")
         rows = []
         for field, value in sorted(flat.items()):
             dimension, window_key = field.decode().split("|", 1)
