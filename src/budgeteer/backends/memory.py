@@ -28,51 +28,90 @@ for idempotent retries; an older id is then unknown (an error, never a double co
 
 
 class _Scope:
-    __slots__ = ("held", "limits", "meters", "used")
+    __slots__ = ("cells", "limits", "meters")
 
     def __init__(self) -> None:
-        self.used: dict[str, int] = {}
-        self.held: dict[str, int] = {}
+        # dimension -> [used, held]: a mutable cell that plans and holds keep references to,
+        # so the hot loops add to a list slot instead of hashing into dictionaries.
+        self.cells: dict[str, list[int]] = {}
         # (dimension, window_key) -> max_units
         self.limits: dict[tuple[str, str], int] = {}
         # (dimension, window_key) -> meter, for windowed limits only
         self.meters: dict[tuple[str, str], CalendarMeter | RollingMeter] = {}
 
+    def cell(self, dimension: str) -> list[int]:
+        cell = self.cells.get(dimension)
+        if cell is None:
+            cell = self.cells[dimension] = [0, 0]
+        return cell
+
 
 _Meter = CalendarMeter | RollingMeter
-_Check = tuple[str, str, str, int, "_Meter | None", _Scope, dict[str, int], dict[str, int]]
-"""(scope name, dimension, window key, max units, windowed meter or None, scope, its lifetime
-used map, its held map): everything one limit check touches, resolved once per plan."""
+_Check = tuple[str, str, str, int, "_Meter | None", list[int], _Scope]
+"""(scope name, dimension, window key, max units, windowed meter or None, the scope's
+[used, held] cell for the dimension, scope): everything one limit check touches."""
+
+
+class _Route:
+    """What an operation with a given set of dimensions touches on a path, resolved once."""
+
+    __slots__ = ("cells", "checks")
+
+    def __init__(self, cells: tuple[tuple[list[int], str], ...], checks: tuple[_Check, ...]):
+        self.cells = cells
+        """Every (scope, dimension) cell, top scope first."""
+        self.checks = checks
+        """The limits on those dimensions, top scope first."""
 
 
 class _Plan:
-    """A path's scopes and their limits, valid while no limit changes (``version``).
+    """A path's scopes and their limits, valid while no limit changes (``version``)."""
 
-    The hot loops walk these flat tuples instead of looking scopes and limits up again.
-    """
-
-    __slots__ = ("checks", "helds", "metered", "path", "scopes", "useds", "version")
+    __slots__ = ("metered", "names", "path", "routes", "scopes", "version")
 
     def __init__(
-        self, version: int, path: str, scopes: tuple[_Scope, ...], checks: tuple[_Check, ...]
+        self, version: int, path: str, names: tuple[str, ...], scopes: tuple[_Scope, ...]
     ) -> None:
         self.version = version
         self.path = path
+        self.names = names
         self.scopes = scopes
-        self.checks = checks
-        self.useds = tuple(scope.used for scope in scopes)
-        self.helds = tuple(scope.held for scope in scopes)
         self.metered = tuple(scope for scope in scopes if scope.meters)
+        self.routes: dict[tuple[str, ...], _Route] = {}
+
+    def route(self, dimensions: tuple[str, ...]) -> _Route:
+        route = self.routes.get(dimensions)
+        if route is None:
+            cells = tuple(
+                (scope.cell(dimension), dimension)
+                for scope in self.scopes
+                for dimension in dimensions
+            )
+            checks = tuple(
+                (name, dimension, window_key, max_units, scope.meters.get((dimension, window_key)),
+                 scope.cell(dimension), scope)
+                for name, scope in zip(self.names, self.scopes, strict=True)
+                for (dimension, window_key), max_units in scope.limits.items()
+                if dimension in dimensions
+            )  # fmt: skip
+            route = self.routes[dimensions] = _Route(cells, checks)
+        return route
 
 
 class _Hold:
-    __slots__ = ("amounts", "expires_at", "path", "plan")
+    __slots__ = ("amounts", "expires_at", "path", "plan", "route")
 
     def __init__(
-        self, path: str, plan: _Plan, amounts: Mapping[str, int], expires_at: float
+        self,
+        path: str,
+        plan: _Plan,
+        route: _Route,
+        amounts: Mapping[str, int],
+        expires_at: float,
     ) -> None:
         self.path = path
         self.plan = plan
+        self.route = route
         self.amounts = amounts
         self.expires_at = expires_at
 
@@ -153,18 +192,16 @@ class MemoryBackend:
             plan = self._plans.get(path)
             if plan is None or plan.version != self._version:
                 plan = self._plan(path, scopes)
+            route = plan.routes.get(tuple(amounts)) or plan.route(tuple(amounts))
             checked: list[LimitState] = []
-            for check in plan.checks:
-                name, dimension, window_key, max_units, meter, scope, used_map, held_map = check
-                requested = amounts.get(dimension)
-                if requested is None:
-                    continue
+            for name, dimension, window_key, max_units, meter, cell, scope in route.checks:
+                requested = amounts[dimension]
                 if meter is None:
-                    used = used_map.get(dimension, 0)
+                    used = cell[0]
                 else:
                     meter.refresh(window_of(window_key), now)
                     used = meter.used
-                held = held_map.get(dimension, 0)
+                held = cell[1]
                 if used + held + requested > max_units:  # _core.crosses, inlined
                     state = LimitState(name, dimension, window_key, max_units, used, held)
                     retry_after = self._retry_after(scope, state, amounts, now)
@@ -175,11 +212,9 @@ class MemoryBackend:
                         (name, dimension, window_key, max_units, used, held + requested),
                     )
                 )
-            items = amounts.items()
-            for held_map in plan.helds:
-                for dimension, amount in items:
-                    held_map[dimension] = held_map.get(dimension, 0) + amount
-            self._holds[reservation_id] = _Hold(path, plan, amounts, expires_at)
+            for cell, dimension in route.cells:
+                cell[1] += amounts[dimension]
+            self._holds[reservation_id] = _Hold(path, plan, route, amounts, expires_at)
             heapq.heappush(expiry, (expires_at, reservation_id))
             if len(expiry) > 2 * len(self._holds) + 1024:
                 self._compact_expiry()
@@ -256,7 +291,10 @@ class MemoryBackend:
             if state is None:
                 return ScopeMeters({}, {}, ())
             limits = self._states([(scope, state)], now)
-            return ScopeMeters(dict(state.used), dict(state.held), limits)
+            cells = state.cells.items()
+            return ScopeMeters(
+                {d: c[0] for d, c in cells if c[0]}, {d: c[1] for d, c in cells if c[1]}, limits
+            )
 
     def close(self) -> None:
         """Nothing to release; the data lives as long as this object."""
@@ -275,13 +313,13 @@ class MemoryBackend:
         for name, scope in scopes:
             for (dimension, window_key), max_units in scope.limits.items():
                 meter = scope.meters.get((dimension, window_key))
+                cell = scope.cells.get(dimension, (0, 0))
                 if meter is None:
-                    used = scope.used.get(dimension, 0)
+                    used = cell[0]
                 else:
                     meter.refresh(window_of(window_key), now)
                     used = meter.used
-                held = scope.held.get(dimension, 0)
-                states.append(LimitState(name, dimension, window_key, max_units, used, held))
+                states.append(LimitState(name, dimension, window_key, max_units, used, cell[1]))
         return tuple(states)
 
     def _retry_after(
@@ -303,10 +341,9 @@ class MemoryBackend:
         *,
         late: bool,
     ) -> CommitOutcome:
-        items = actual.items()
-        for used in plan.useds:
-            for dimension, amount in items:
-                used[dimension] = used.get(dimension, 0) + amount
+        route = plan.routes.get(tuple(actual)) or plan.route(tuple(actual))
+        for cell, dimension in route.cells:
+            cell[0] += actual[dimension]
         for scope in plan.metered:
             for (dimension, window_key), meter in scope.meters.items():
                 window = window_of(window_key)
@@ -318,43 +355,18 @@ class MemoryBackend:
                     else:
                         meter.used += amount
         over: list[LimitState] = []
-        for (
-            name,
-            dimension,
-            window_key,
-            max_units,
-            limit_meter,
-            _,
-            used_map,
-            held_map,
-        ) in plan.checks:
-            if dimension in actual:
-                total = used_map[dimension] if limit_meter is None else limit_meter.used
-                if total > max_units:
-                    held = held_map.get(dimension, 0)
-                    over.append(LimitState(name, dimension, window_key, max_units, total, held))
+        for name, dimension, window_key, max_units, limit_meter, cell, _ in route.checks:
+            total = cell[0] if limit_meter is None else limit_meter.used
+            if total > max_units:
+                over.append(LimitState(name, dimension, window_key, max_units, total, cell[1]))
         return CommitOutcome("committed", plan.path, actual, now, tuple(over), metadata, late)
 
     def _plan(self, path: str, names: tuple[str, ...]) -> _Plan:
         """The scopes of ``path`` and their limits, cached until a limit changes."""
-        scopes = tuple(self._scope(name) for name in names)
-        checks = tuple(
-            (
-                name,
-                dimension,
-                window_key,
-                max_units,
-                scope.meters.get((dimension, window_key)),
-                scope,
-                scope.used,
-                scope.held,
-            )
-            for name, scope in zip(names, scopes, strict=True)
-            for (dimension, window_key), max_units in scope.limits.items()
-        )
         if len(self._plans) >= PLAN_CACHE_SIZE:
             self._plans.clear()
-        plan = self._plans[path] = _Plan(self._version, path, scopes, checks)
+        scopes = tuple(self._scope(name) for name in names)
+        plan = self._plans[path] = _Plan(self._version, path, names, scopes)
         return plan
 
     def _settle_again(
@@ -391,10 +403,10 @@ class MemoryBackend:
         return self._plan(plan.path, path_prefixes(plan.path))
 
     def _drop_hold(self, hold: _Hold) -> None:
-        items = hold.amounts.items()
-        for held in hold.plan.helds:
-            for dimension, amount in items:
-                held[dimension] -= amount
+        # Cells never move, so a hold's route stays valid across limit changes.
+        amounts = hold.amounts
+        for cell, dimension in hold.route.cells:
+            cell[1] -= amounts[dimension]
 
     def _expire(self, now: float) -> None:
         expiry = self._expiry
