@@ -83,3 +83,30 @@ def test_the_password_never_appears_in_the_url(redis_url: str) -> None:
     host = redis_url.removeprefix("redis://")
     ledger = Ledger(f"redis://:s3cret@{host}?prefix=x")
     assert "s3cret" not in ledger.url
+
+
+async def test_async_ledger_uses_the_asyncio_client_and_stays_exact(server_url: str) -> None:
+    import asyncio
+
+    from budgeteer import AsyncLedger
+    from budgeteer.backends.redis import AsyncRedisBackend
+
+    ledger = AsyncLedger(server_url)
+    assert isinstance(ledger._backend, AsyncRedisBackend)
+    await ledger.set_limit(ORG, Limit("requests", 25))
+
+    async def agent(index: int) -> int:
+        admitted = 0
+        for _ in range(10):
+            try:
+                hold = await ledger.reserve(f"{ORG}/agent:{index}", Usage(requests=1))
+            except BudgetExceeded:
+                continue
+            await ledger.commit(hold, Usage(requests=1))
+            admitted += 1
+        return admitted
+
+    counts = await asyncio.gather(*(agent(i) for i in range(10)))
+    assert sum(counts) == 25
+    assert (await ledger.usage(ORG)).used.requests == 25
+    await ledger.close()

@@ -16,21 +16,43 @@ from budgeteer.errors import BackendUnavailable, InvalidInput
 from budgeteer.model import Usage
 
 
-def open_backend(url: str, on_store_down: str = "raise", emergency: Usage | None = None) -> Backend:
+def open_backend(
+    url: str,
+    on_store_down: str = "raise",
+    emergency: Usage | None = None,
+    *,
+    asynchronous: bool = False,
+) -> Backend:
     """Open the backend named by ``url``, with its store-down policy.
 
     Network stores (Redis) are always wrapped in ``ResilientBackend`` (commits are retried);
-    other stores only when a policy other than ``"raise"`` is asked for.
+    other stores only when a policy other than ``"raise"`` is asked for. For an async ledger
+    with the default policy, Redis is opened with redis-py's asyncio client
+    (``AsyncRedisBackend``, which retries its own commits); the other policies run the sync
+    wrapper in a worker thread.
 
     Raises:
         InvalidInput: unknown scheme, malformed URL or policy.
     """
+    if (
+        asynchronous
+        and on_store_down == "raise"
+        and emergency is None
+        and isinstance(url, str)
+        and urlsplit(url).scheme in _REDIS_SCHEMES
+    ):
+        from budgeteer.backends.redis import AsyncRedisBackend
+
+        return AsyncRedisBackend(url)  # type: ignore[return-value]
     backend = _open(url)
     if on_store_down != "raise" or emergency is not None or backend.remote:
         from budgeteer.backends.resilient import ResilientBackend
 
         return ResilientBackend(backend, on_store_down, emergency)  # type: ignore[arg-type]
     return backend
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def _open(url: str) -> Backend:
@@ -50,7 +72,7 @@ def _open(url: str) -> Backend:
             return SQLiteBackend.from_url(url)
         except (sqlite3.Error, OSError) as error:
             raise BackendUnavailable(url, "open", repr(error)) from error
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in _REDIS_SCHEMES:
         from budgeteer.backends.redis import RedisBackend
 
         return RedisBackend.from_url(url)

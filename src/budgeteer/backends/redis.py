@@ -25,8 +25,10 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
 from budgeteer.backends.base import CommitOutcome, Denial, ScopeMeters
-from budgeteer.errors import InvalidInput, ReservationSettled, UnknownReservation
+from budgeteer.errors import BudgeteerError, InvalidInput, ReservationSettled, UnknownReservation
 from budgeteer.ledger._core import window_of
 from budgeteer.model import LimitState
 
@@ -37,15 +39,14 @@ def _script_text() -> str:
     return resources.files("budgeteer.backends").joinpath("lua/ledger.lua").read_text()
 
 
-class RedisBackend:
-    """Limits, counters and holds in Redis, one Lua script call per operation."""
+class _RedisCore:
+    """Everything but the I/O, shared by the sync and async backends: options, keys, calendar
+    bounds, and the encoding of script calls and replies."""
 
-    blocking = True
-    """Operations wait on the network, so the async ledger runs them in a worker thread."""
     remote = True
     """A network store: outages go through the store-down policy."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, asynchronous: bool) -> None:
         try:
             import redis
         except ImportError as error:  # pragma: no cover - depends on the installed extras
@@ -70,71 +71,94 @@ class RedisBackend:
         if parts.password:
             netloc = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
         self.url = urlunsplit(parts._replace(netloc=netloc))
-        if cluster == "true":
-            # Every key an operation touches shares its hierarchy's hash tag: one slot, one node.
-            from redis.cluster import RedisCluster
+        # Every key an operation touches shares its hierarchy's hash tag: one slot, one node.
+        if asynchronous:
+            import redis.asyncio
+            import redis.asyncio.cluster
 
-            self._client: Any = RedisCluster.from_url(client_url)
+            self._client: Any = (
+                redis.asyncio.cluster.RedisCluster.from_url(client_url)
+                if cluster == "true"
+                else redis.asyncio.Redis.from_url(client_url)
+            )
         else:
-            self._client = redis.Redis.from_url(client_url)
+            import redis.cluster
+
+            self._client = (
+                redis.cluster.RedisCluster.from_url(client_url)
+                if cluster == "true"
+                else redis.Redis.from_url(client_url)
+            )
         self._script = self._client.register_script(_script_text())
         # Calendar windows seen so far; their period bounds go with every call (see module doc).
         self._calendar: set[str] = set()
         self._lock = threading.Lock()
 
-    @classmethod
-    def from_url(cls, url: str) -> RedisBackend:
-        """Open ``redis://``, ``rediss://`` or ``unix://`` URLs (redis-py's forms)."""
-        return cls(url)
-
-    # -- plumbing -------------------------------------------------------------------------------
-
     def _key(self, path: str) -> str:
         return f"{self._prefix}:{{{path.split('/', 1)[0]}}}"
 
-    def _bounds(self, now: float) -> str:
+    def _call_args(
+        self, path: str, op: str, now: float, args: tuple[str | int | float, ...]
+    ) -> dict[str, list[Any]]:
+        stamp = "" if self._server_time else repr(now)
         with self._lock:
             keys = tuple(self._calendar)
-        parts = []
+        bounds = []
         for key in keys:
             start, end = window_of(key).period_bounds(now)
-            parts.append(f"{key}={start!r}:{end!r}")
-        return ";".join(parts)
+            bounds.append(f"{key}={start!r}:{end!r}")
+        return {"keys": [self._key(path)], "args": [op, stamp, ";".join(bounds), *args]}
 
-    def _run(self, path: str, op: str, now: float, *args: str | int | float) -> Any:
-        """Run ``op``; retry once with the bounds the server asked for (see module doc)."""
-        stamp = "" if self._server_time else repr(now)
-        reply = self._script(keys=[self._key(path)], args=[op, stamp, self._bounds(now), *args])
-        for _ in range(3):
-            if not (isinstance(reply, list) and reply and reply[0] == b"bounds"):
-                return reply
-            key, server_now = reply[1].decode(), float(reply[2])
-            with self._lock:
-                self._calendar.add(key)
-            when = server_now if self._server_time else now
-            reply = self._script(
-                keys=[self._key(path)], args=[op, stamp, self._bounds(when), *args]
-            )
-        raise RuntimeError(f"calendar bounds not accepted for {op} on {path!r}")
+    def _needs_bounds(self, reply: Any, now: float) -> float | None:
+        """The time to compute bounds for, if the script asked for a calendar window's bounds."""
+        if not (isinstance(reply, list) and reply and reply[0] == b"bounds"):
+            return None
+        with self._lock:
+            self._calendar.add(reply[1].decode())
+        return float(reply[2]) if self._server_time else now
 
-    # -- limits ---------------------------------------------------------------------------------
-
-    def set_limit(self, scope: str, dimension: str, window_key: str, max_units: int) -> None:
-        self._run(scope, "set_limit", 0.0, scope, dimension, window_key, max_units)
-
-    def remove_limit(self, scope: str, dimension: str, window_key: str) -> bool:
-        reply = self._run(scope, "remove_limit", 0.0, scope, dimension, window_key)
-        return bool(reply[0])
-
-    def get_limits(self, scope: str) -> list[tuple[str, str, int]]:
-        flat: dict[bytes, bytes] = self._client.hgetall(f"{self._key(scope)}:l:{scope}")
+    @staticmethod
+    def _limits(flat: dict[bytes, bytes]) -> list[tuple[str, str, int]]:
         rows = []
         for field, value in sorted(flat.items()):
             dimension, window_key = field.decode().split("|", 1)
             rows.append((dimension, window_key, int(value)))
         return rows
 
-    # -- the cycle ------------------------------------------------------------------------------
+
+class RedisBackend(_RedisCore):
+    """Limits, counters and holds in Redis, one Lua script call per operation (redis-py)."""
+
+    blocking = True
+    """Operations wait on the network, so ``AsyncLedger`` uses ``AsyncRedisBackend`` instead."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, asynchronous=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisBackend:
+        """Open ``redis://``, ``rediss://`` or ``unix://`` URLs (redis-py's forms)."""
+        return cls(url)
+
+    def _run(self, path: str, op: str, now: float, *args: str | int | float) -> Any:
+        """Run ``op``; retry with the bounds the server asked for (see module doc)."""
+        when = now
+        for _ in range(3):
+            reply = self._script(**self._call_args(path, op, when, args))
+            next_when = self._needs_bounds(reply, now)
+            if next_when is None:
+                return reply
+            when = next_when
+        raise RuntimeError(f"calendar bounds not accepted for {op} on {path!r}")
+
+    def set_limit(self, scope: str, dimension: str, window_key: str, max_units: int) -> None:
+        self._run(scope, "set_limit", 0.0, scope, dimension, window_key, max_units)
+
+    def remove_limit(self, scope: str, dimension: str, window_key: str) -> bool:
+        return bool(self._run(scope, "remove_limit", 0.0, scope, dimension, window_key)[0])
+
+    def get_limits(self, scope: str) -> list[tuple[str, str, int]]:
+        return self._limits(self._client.hgetall(f"{self._key(scope)}:l:{scope}"))
 
     def reserve(
         self,
@@ -146,16 +170,10 @@ class RedisBackend:
         expires_at: float,
     ) -> tuple[LimitState, ...] | Denial:
         del scopes  # the script derives them from the path
-        reply = self._run(
-            path, "reserve", now, reservation_id, path, _encode(amounts), repr(expires_at - now)
+        ttl = repr(expires_at - now)
+        return _reserve_result(
+            self._run(path, "reserve", now, reservation_id, path, _encode(amounts), ttl)
         )
-        if reply[0] == b"deny":
-            scope, dimension, window_key = (x.decode() for x in reply[1:4])
-            max_units, used, held, requested = (int(x) for x in reply[4:8])
-            wait = reply[8].decode()
-            state = LimitState(scope, dimension, window_key, max_units, used, held)
-            return Denial(state, requested, float(wait) if wait else None)
-        return _states(reply[3:])
 
     def commit(
         self,
@@ -164,16 +182,11 @@ class RedisBackend:
         now: float,
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
-        path = self._path_of(reservation_id)
+        meta = json.dumps(dict(metadata))
         reply = self._run(
-            path, "commit", now, reservation_id, _encode(actual), json.dumps(dict(metadata))
+            _root_of(reservation_id), "commit", now, reservation_id, _encode(actual), meta
         )
-        status = reply[0]
-        if status == b"unknown":
-            raise UnknownReservation(reservation_id)
-        if status == b"released":
-            raise ReservationSettled(reservation_id, "released", "commit")
-        return _outcome(reply, replayed=status == b"replayed")
+        return _commit_result(reply, reservation_id)
 
     def charge(
         self,
@@ -186,43 +199,176 @@ class RedisBackend:
     ) -> CommitOutcome:
         del scopes
         reply = self._run(path, "charge", now, charge_id, path, _encode(actual))
-        outcome = _outcome(reply, replayed=False)
-        outcome.metadata = dict(metadata)
-        return outcome
+        return _charge_result(reply, metadata)
 
     def release(self, reservation_id: str, now: float) -> None:
-        path = self._path_of(reservation_id)
-        reply = self._run(path, "release", now, reservation_id)
-        if reply[0] == b"unknown":
-            raise UnknownReservation(reservation_id)
-        if reply[0] == b"committed":
-            raise ReservationSettled(reservation_id, "committed", "release")
+        reply = self._run(_root_of(reservation_id), "release", now, reservation_id)
+        _release_result(reply, reservation_id)
 
     def peek(self, scopes: tuple[str, ...], now: float) -> tuple[LimitState, ...]:
         return _states(self._run(scopes[-1], "peek", now, scopes[-1]))
 
     def meters(self, scope: str, now: float) -> ScopeMeters:
-        totals, rows = self._run(scope, "meters", now, scope)
-        used: dict[str, int] = {}
-        held: dict[str, int] = {}
-        for i in range(0, len(totals), 2):
-            kind, dimension = totals[i].decode().split(":", 1)
-            value = int(totals[i + 1])
-            if value:
-                (used if kind == "u" else held)[dimension] = value
-        return ScopeMeters(used, held, _states(rows))
+        return _meters_result(self._run(scope, "meters", now, scope))
 
     def close(self) -> None:
         """Close the connection pool."""
         self._client.close()
 
-    @staticmethod
-    def _path_of(reservation_id: str) -> str:
-        """The hierarchy's root, which every ledger id starts with (``<root>#...``)."""
-        root, separator, _ = reservation_id.partition("#")
-        if not separator or not root:
-            raise UnknownReservation(reservation_id)
-        return root
+
+class AsyncRedisBackend(_RedisCore):
+    """The async twin of ``RedisBackend`` (redis-py's asyncio client); same methods, awaited."""
+
+    blocking = False
+    """Operations are coroutines; ``AsyncLedger`` awaits them on its own loop."""
+    asynchronous = True
+    """Marks a backend whose operations must be awaited."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, asynchronous=True)
+
+    async def _run(self, path: str, op: str, now: float, *args: str | int | float) -> Any:
+        """See ``RedisBackend._run``."""
+        when = now
+        for _ in range(3):
+            reply = await self._script(**self._call_args(path, op, when, args))
+            next_when = self._needs_bounds(reply, now)
+            if next_when is None:
+                return reply
+            when = next_when
+        raise RuntimeError(f"calendar bounds not accepted for {op} on {path!r}")
+
+    async def set_limit(self, scope: str, dimension: str, window_key: str, max_units: int) -> None:
+        await self._run(scope, "set_limit", 0.0, scope, dimension, window_key, max_units)
+
+    async def remove_limit(self, scope: str, dimension: str, window_key: str) -> bool:
+        reply = await self._run(scope, "remove_limit", 0.0, scope, dimension, window_key)
+        return bool(reply[0])
+
+    async def get_limits(self, scope: str) -> list[tuple[str, str, int]]:
+        return self._limits(await self._client.hgetall(f"{self._key(scope)}:l:{scope}"))
+
+    async def reserve(
+        self,
+        reservation_id: str,
+        path: str,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        expires_at: float,
+    ) -> tuple[LimitState, ...] | Denial:
+        del scopes
+        ttl = repr(expires_at - now)
+        return _reserve_result(
+            await self._run(path, "reserve", now, reservation_id, path, _encode(amounts), ttl)
+        )
+
+    async def commit(
+        self,
+        reservation_id: str,
+        actual: Mapping[str, int],
+        now: float,
+        metadata: Mapping[str, str],
+    ) -> CommitOutcome:
+        meta = json.dumps(dict(metadata))
+        # Idempotent by id, so retrying a commit whose reply was lost never counts twice.
+        async for attempt in AsyncRetrying(**_COMMIT_RETRY):
+            with attempt:
+                reply = await self._run(
+                    _root_of(reservation_id), "commit", now, reservation_id, _encode(actual), meta
+                )
+        return _commit_result(reply, reservation_id)
+
+    async def charge(
+        self,
+        charge_id: str,
+        path: str,
+        scopes: tuple[str, ...],
+        actual: Mapping[str, int],
+        now: float,
+        metadata: Mapping[str, str],
+    ) -> CommitOutcome:
+        del scopes
+        reply = await self._run(path, "charge", now, charge_id, path, _encode(actual))
+        return _charge_result(reply, metadata)
+
+    async def release(self, reservation_id: str, now: float) -> None:
+        reply = await self._run(_root_of(reservation_id), "release", now, reservation_id)
+        _release_result(reply, reservation_id)
+
+    async def peek(self, scopes: tuple[str, ...], now: float) -> tuple[LimitState, ...]:
+        return _states(await self._run(scopes[-1], "peek", now, scopes[-1]))
+
+    async def meters(self, scope: str, now: float) -> ScopeMeters:
+        return _meters_result(await self._run(scope, "meters", now, scope))
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+
+def _root_of(reservation_id: str) -> str:
+    """The hierarchy's root, which every ledger id starts with (``<root>#...``)."""
+    root, separator, _ = reservation_id.partition("#")
+    if not separator or not root:
+        raise UnknownReservation(reservation_id)
+    return root
+
+
+def _reserve_result(reply: Any) -> tuple[LimitState, ...] | Denial:
+    if reply[0] == b"deny":
+        scope, dimension, window_key = (x.decode() for x in reply[1:4])
+        max_units, used, held, requested = (int(x) for x in reply[4:8])
+        wait = reply[8].decode()
+        state = LimitState(scope, dimension, window_key, max_units, used, held)
+        return Denial(state, requested, float(wait) if wait else None)
+    return _states(reply[3:])
+
+
+def _commit_result(reply: Any, reservation_id: str) -> CommitOutcome:
+    status = reply[0]
+    if status == b"unknown":
+        raise UnknownReservation(reservation_id)
+    if status == b"released":
+        raise ReservationSettled(reservation_id, "released", "commit")
+    return _outcome(reply, replayed=status == b"replayed")
+
+
+def _charge_result(reply: Any, metadata: Mapping[str, str]) -> CommitOutcome:
+    outcome = _outcome(reply, replayed=False)
+    outcome.metadata = dict(metadata)
+    return outcome
+
+
+def _release_result(reply: Any, reservation_id: str) -> None:
+    if reply[0] == b"unknown":
+        raise UnknownReservation(reservation_id)
+    if reply[0] == b"committed":
+        raise ReservationSettled(reservation_id, "committed", "release")
+
+
+def _meters_result(reply: Any) -> ScopeMeters:
+    totals, rows = reply
+    used: dict[str, int] = {}
+    held: dict[str, int] = {}
+    for i in range(0, len(totals), 2):
+        kind, dimension = totals[i].decode().split(":", 1)
+        value = int(totals[i + 1])
+        if value:
+            (used if kind == "u" else held)[dimension] = value
+    return ScopeMeters(used, held, _states(rows))
+
+
+def _is_outage(error: BaseException) -> bool:
+    return not isinstance(error, BudgeteerError)
+
+
+_COMMIT_RETRY: dict[str, Any] = {
+    "stop": stop_after_attempt(3),
+    "wait": wait_exponential(multiplier=0.01, max=0.5),
+    "retry": retry_if_exception(_is_outage),
+    "reraise": True,
+}
 
 
 def _encode(units: Mapping[str, int]) -> str:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from budgeteer._clock import Clock
 from budgeteer.backends import open_backend
@@ -36,7 +37,11 @@ class AsyncLedger:
         on_store_down: StoreDownPolicy = "raise",
         emergency: Usage | None = None,
     ) -> None:
-        backend = open_backend(url, on_store_down, emergency) if isinstance(url, str) else url
+        backend = (
+            open_backend(url, on_store_down, emergency, asynchronous=True)
+            if isinstance(url, str)
+            else url
+        )
         self._front = LedgerFrontend(backend, clock, default_ttl_s)
         self._backend = backend
 
@@ -65,9 +70,10 @@ class AsyncLedger:
         """See ``Ledger.remove_limit``."""
         self._front.scopes(scope)
         window_key = self._front.window_key(dimension, window)
-        return await self._call(
+        removed: bool = await self._call(
             "remove_limit", self._backend.remove_limit, scope, dimension, window_key
         )
+        return removed
 
     async def limits(self, scope: str) -> tuple[Limit, ...]:
         """See ``Ledger.limits``."""
@@ -147,11 +153,13 @@ class AsyncLedger:
     def __repr__(self) -> str:
         return f"AsyncLedger({self.url!r})"
 
-    async def _call(self, operation: str, function: Callable[..., T], *args: object) -> T:
+    async def _call(self, operation: str, function: Callable[..., Any], *args: object) -> Any:
         try:
             if self._backend.blocking:
                 return await asyncio.to_thread(function, *args)
-            return function(*args)
+            result = function(*args)
+            # A native async backend (Redis' asyncio client) returns coroutines to await.
+            return await result if inspect.isawaitable(result) else result
         except BudgeteerError:
             raise
         except Exception as error:
