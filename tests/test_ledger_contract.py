@@ -25,6 +25,7 @@ ORG = "org:acme"
 TEAM = "org:acme/team:search"
 RUN = "org:acme/team:search/engineer:e17/session:7f3c"
 OTHER_RUN = "org:acme/team:search/engineer:e18/session:0001"
+RUN_SCOPES = ["org:acme", TEAM, "org:acme/team:search/engineer:e17", RUN]
 
 
 def snapshot(ledger: Ledger, *scopes: str) -> list[object]:
@@ -540,3 +541,14 @@ class TestAsyncTwin:
         await async_ledger.charge(RUN, Usage(requests=1))
         assert await async_ledger.remove_limit(ORG, "requests")
         await async_ledger.close()
+
+
+class TestChargeIdempotency:
+    def test_a_retried_charge_counts_once(self, ledger: Ledger, clock: FakeClock) -> None:
+        # What a store-down queue does when it delivers a charge whose first reply was lost.
+        backend = ledger._backend
+        args = ("org:acme#retry-1", RUN, tuple(RUN_SCOPES), {"requests": 2}, clock.now(), {})
+        first = backend.charge(*args)
+        again = backend.charge(*args)
+        assert (first.status, again.status) == ("committed", "replayed")
+        assert ledger.usage(ORG).used.requests == 2

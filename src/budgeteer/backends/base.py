@@ -126,7 +126,10 @@ class Backend(Protocol):
         now: float,
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
-        """Record ``actual`` on every scope of ``path`` without a reservation or admission."""
+        """Record ``actual`` on every scope of ``path`` without a reservation or admission.
+
+        Idempotent by ``charge_id``, like a commit: a retried charge is ``"replayed"``.
+        """
         ...
 
     def release(self, reservation_id: str, now: float) -> None:

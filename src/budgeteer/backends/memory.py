@@ -250,12 +250,16 @@ class MemoryBackend:
         now: float,
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
-        del charge_id  # direct charges are not retried by id; nothing to remember
         with self._lock:
+            settled = self._settled_state(charge_id)
+            if isinstance(settled, CommitOutcome):
+                return _replayed(settled)
             plan = self._plans.get(path)
             if plan is None or plan.version != self._version:
                 plan = self._plan(path, scopes)
-            return self._record(plan, actual, now, metadata, late=False)
+            outcome = self._record(plan, actual, now, metadata, late=False)
+            self._remember(charge_id, outcome)
+            return outcome
 
     def release(self, reservation_id: str, now: float) -> None:
         with self._lock:
@@ -380,15 +384,7 @@ class MemoryBackend:
         if settled is None:
             raise UnknownReservation(reservation_id)
         if isinstance(settled, CommitOutcome):
-            return CommitOutcome(
-                status="replayed",
-                path=settled.path,
-                actual=settled.actual,
-                committed_at=settled.committed_at,
-                overruns=settled.overruns,
-                metadata=settled.metadata,
-                late=settled.late,
-            )
+            return _replayed(settled)
         if settled == "released":
             raise ReservationSettled(reservation_id, "released", "commit")
         # Expired and reclaimed: the spend happened, so record it late (and remember it).
@@ -435,3 +431,16 @@ class MemoryBackend:
     def _settled_state(self, reservation_id: str) -> CommitOutcome | str | None:
         found = self._settled.get(reservation_id)
         return found if found is not None else self._settled_before.get(reservation_id)
+
+
+def _replayed(settled: CommitOutcome) -> CommitOutcome:
+    """A retry of a settled commit or charge: the same record, counted nothing."""
+    return CommitOutcome(
+        "replayed",
+        settled.path,
+        settled.actual,
+        settled.committed_at,
+        settled.overruns,
+        settled.metadata,
+        settled.late,
+    )

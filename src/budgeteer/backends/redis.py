@@ -198,8 +198,9 @@ class RedisBackend(_RedisCore):
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
         del scopes
-        reply = self._run(path, "charge", now, charge_id, path, _encode(actual))
-        return _charge_result(reply, metadata)
+        meta = json.dumps(dict(metadata))
+        reply = self._run(path, "charge", now, charge_id, path, _encode(actual), meta)
+        return _outcome(reply, replayed=reply[0] == b"replayed")
 
     def release(self, reservation_id: str, now: float) -> None:
         reply = self._run(_root_of(reservation_id), "release", now, reservation_id)
@@ -289,8 +290,9 @@ class AsyncRedisBackend(_RedisCore):
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
         del scopes
-        reply = await self._run(path, "charge", now, charge_id, path, _encode(actual))
-        return _charge_result(reply, metadata)
+        meta = json.dumps(dict(metadata))
+        reply = await self._run(path, "charge", now, charge_id, path, _encode(actual), meta)
+        return _outcome(reply, replayed=reply[0] == b"replayed")
 
     async def release(self, reservation_id: str, now: float) -> None:
         reply = await self._run(_root_of(reservation_id), "release", now, reservation_id)
@@ -332,12 +334,6 @@ def _commit_result(reply: Any, reservation_id: str) -> CommitOutcome:
     if status == b"released":
         raise ReservationSettled(reservation_id, "released", "commit")
     return _outcome(reply, replayed=status == b"replayed")
-
-
-def _charge_result(reply: Any, metadata: Mapping[str, str]) -> CommitOutcome:
-    outcome = _outcome(reply, replayed=False)
-    outcome.metadata = dict(metadata)
-    return outcome
 
 
 def _release_result(reply: Any, reservation_id: str) -> None:

@@ -18,6 +18,7 @@ in memory).
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -29,6 +30,8 @@ from budgeteer.backends.base import Backend, CommitOutcome, Denial, ScopeMeters,
 from budgeteer.backends.memory import MemoryBackend
 from budgeteer.errors import BackendUnavailable, BudgeteerError, BudgetExceeded, InvalidInput
 from budgeteer.model import LimitState, Usage, from_units
+
+logger = logging.getLogger("budgeteer.store")
 
 StoreDownPolicy = Literal["raise", "deny", "allow"]
 POLICIES: tuple[str, ...] = ("raise", "deny", "allow")
@@ -78,7 +81,8 @@ class ResilientBackend:
             reraise=True,
         )
         self._lock = threading.Lock()
-        # ("commit", id, actual, metadata) or ("charge", id, path, scopes, actual, metadata)
+        # ("commit", id, actual, now, metadata) or ("charge", id, path, scopes, actual, now,
+        # metadata): both idempotent by id, so delivering one twice never counts twice.
         self._queue: deque[tuple[object, ...]] = deque()
         self._local = MemoryBackend("memory://emergency")
         for dimension, amount in (emergency.units if emergency is not None else {}).items():
@@ -110,10 +114,15 @@ class ResilientBackend:
                     return
                 item = self._queue[0]
             kind, *args = item
-            if kind == "commit":
-                self.inner.commit(*args)  # type: ignore[arg-type]
-            else:
-                self.inner.charge(*args)  # type: ignore[arg-type]
+            try:
+                if kind == "commit":
+                    self.inner.commit(*args)  # type: ignore[arg-type]
+                else:
+                    self.inner.charge(*args)  # type: ignore[arg-type]
+            except BudgeteerError:
+                # Settled meanwhile (released, or unknown after the store lost it): an outage
+                # error propagates and keeps the item; a refusal like this one never will pass.
+                logger.exception("dropping undeliverable queued %s %s", kind, args[0])
             with self._lock:
                 if self._queue and self._queue[0] is item:
                     self._queue.popleft()

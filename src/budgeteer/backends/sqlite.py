@@ -407,17 +407,9 @@ class SQLiteBackend:
             ).fetchone()
             if found is None:
                 raise UnknownReservation(reservation_id)
-            path, state, recorded, settled_at, late, over, meta, version = found
+            path, state, *_, version = found
             if state == "committed":
-                return CommitOutcome(
-                    status="replayed",
-                    path=path,
-                    actual=json.loads(recorded),
-                    committed_at=settled_at,
-                    overruns=tuple(LimitState(*s) for s in json.loads(over)),
-                    metadata=json.loads(meta),
-                    late=bool(late),
-                )
+                return _replayed(found)
             if state == "released":
                 raise ReservationSettled(reservation_id, "released", "commit")
             # Expired and reclaimed: the hold is gone, but the spend happened; record it late.
@@ -436,6 +428,13 @@ class SQLiteBackend:
     ) -> CommitOutcome:
         del scopes  # recomputed from the path inside the transaction
         with self._transaction() as conn:
+            found = conn.execute(
+                "SELECT path, state, actual, settled_at, late, overruns, metadata,"
+                " (SELECT limits_version FROM state) FROM settled WHERE id = ?",
+                (charge_id,),
+            ).fetchone()
+            if found is not None:  # a retried charge: recorded once already
+                return _replayed(found)
             (version,) = conn.execute("SELECT limits_version FROM state").fetchone()
             return self._record(
                 conn,
@@ -744,6 +743,20 @@ class SQLiteBackend:
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (reservation_id, path, state, requested, created_at, expires_at, now),
         )
+
+
+def _replayed(found: tuple[object, ...]) -> CommitOutcome:
+    """A retry of a settled commit or charge, from its ``settled`` row: counted nothing."""
+    path, _, recorded, settled_at, late, over, meta, *_ = found
+    return CommitOutcome(
+        "replayed",
+        str(path),
+        json.loads(str(recorded)),
+        float(settled_at),  # type: ignore[arg-type]
+        tuple(LimitState(*s) for s in json.loads(str(over))),
+        json.loads(str(meta)),
+        bool(late),
+    )
 
 
 def _dump(units: Mapping[str, int]) -> str:

@@ -337,12 +337,19 @@ if op == 'commit' then
 end
 
 if op == 'charge' then
-  -- ARGV: 4 id, 5 path, 6 actual
+  -- ARGV: 4 id, 5 path, 6 actual, 7 metadata. Idempotent by id, like a commit.
+  local id = ARGV[4]
+  if redis.call('HGET', rkey(id), 'state') == 'committed' then
+    local r = redis.call('HMGET', rkey(id), 'path', 'actual', 'at', 'late', 'overruns', 'metadata')
+    return {'replayed', r[1], r[2], r[3], r[4], r[5], r[6]}
+  end
   local actual, order = decode(ARGV[6])
   local missing = missing_bounds(prefixes(ARGV[5]), actual)
   if missing then return {'bounds', missing, num(now)} end
-  local over = record(ARGV[5], actual, order)
-  return {'committed', ARGV[5], ARGV[6], num(now), '0', table.concat(over, '\n'), ''}
+  local over_text = table.concat(record(ARGV[5], actual, order), '\n')
+  settle_record(id, {'state', 'committed', 'path', ARGV[5], 'actual', ARGV[6], 'at', num(now),
+    'late', '0', 'overruns', over_text, 'metadata', ARGV[7]})
+  return {'committed', ARGV[5], ARGV[6], num(now), '0', over_text, ARGV[7]}
 end
 
 if op == 'release' then
