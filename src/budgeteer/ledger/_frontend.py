@@ -77,22 +77,28 @@ class LedgerFrontend:
         # A random prefix keeps ids unique across processes; the counter keeps them cheap.
         self._id_prefix = secrets.token_hex(6) + "-"
         self._ids = itertools.count(1)
-        self._paths: dict[str, tuple[str, ...]] = {}
+        # path -> (its scopes, the id prefix of its hierarchy): parsed once per path.
+        self._paths: dict[str, tuple[tuple[str, ...], str]] = {}
+        self._now = self.clock.now
 
     # -- inputs -------------------------------------------------------------------------------
 
     def new_id(self, path: str) -> str:
-        # "<root scope>#<random>-<counter>": the root routes an id to its hierarchy's shard
-        # (the Redis hash slot); '#' never appears in a scope path.
-        return f"{path.partition('/')[0]}#{self._id_prefix}{next(self._ids):x}"
+        """A fresh id: ``<root scope>#<random>-<counter>``. The root routes an id to its
+        hierarchy's shard (the Redis hash slot); '#' never appears in a scope path."""
+        return f"{self._entry(path)[1]}{next(self._ids):x}"
 
     def scopes(self, path: str) -> tuple[str, ...]:
-        scopes = self._paths.get(path)
-        if scopes is None:
+        return self._entry(path)[0]
+
+    def _entry(self, path: str) -> tuple[tuple[str, ...], str]:
+        entry = self._paths.get(path)
+        if entry is None:
             scopes = parse_path(path)
+            entry = (scopes, f"{scopes[0]}#{self._id_prefix}")
             if len(self._paths) < 65536:
-                self._paths[path] = scopes
-        return scopes
+                self._paths[path] = entry
+        return entry
 
     @staticmethod
     def check_ttl(ttl_s: object, field_name: str = "ttl_s") -> float:
@@ -143,11 +149,12 @@ class LedgerFrontend:
         self, path: str, usage: object, ttl_s: float | None
     ) -> tuple[ReserveArgs, Usage]:
         """Validated arguments of ``Backend.reserve``, and the usage as a ``Usage``."""
-        scopes = self.scopes(path)
-        checked = as_usage(usage, "usage")
+        scopes, id_prefix = self._paths.get(path) or self._entry(path)
+        checked = usage if type(usage) is Usage else as_usage(usage, "usage")
         ttl = self.default_ttl_s if ttl_s is None else self.check_ttl(ttl_s)
-        now = self.clock.now()
-        return (self.new_id(path), path, scopes, checked.units, now, now + ttl), checked
+        now = self._now()
+        reservation_id = f"{id_prefix}{next(self._ids):x}"
+        return (reservation_id, path, scopes, checked.units, now, now + ttl), checked
 
     def commit_args(
         self,
@@ -157,9 +164,9 @@ class LedgerFrontend:
     ) -> tuple[CommitArgs, Usage]:
         """Validated arguments of ``Backend.commit``, and the actual usage as a ``Usage``."""
         reservation_id = self.reservation_id(reservation)
-        usage = as_usage(actual, "actual")
-        metadata_ = self.check_metadata(metadata)
-        return (reservation_id, usage.charged_units, self.clock.now(), metadata_), usage
+        usage = actual if type(actual) is Usage else as_usage(actual, "actual")
+        metadata_ = NO_METADATA if metadata is None else self.check_metadata(metadata)
+        return (reservation_id, usage.charged_units, self._now(), metadata_), usage
 
     def charge_args(
         self, path: str, usage: object, metadata: Mapping[str, object] | None
@@ -172,7 +179,7 @@ class LedgerFrontend:
             path,
             scopes,
             checked.charged_units,
-            self.clock.now(),
+            self._now(),
             self.check_metadata(metadata),
         )
         return args, checked
