@@ -262,11 +262,6 @@ class _RunState:
             retry_after=None,
         )
 
-    def remaining_s(self) -> float | None:
-        if self.deadline_s is None:
-            return None
-        return self.deadline_s - (self.monotonic() - self.started)
-
     def stop(self, error: BudgetExceeded) -> BudgetExceeded:
         if self.stopped_by is None:
             self.stopped_by = error

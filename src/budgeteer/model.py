@@ -450,7 +450,7 @@ class Window:
         if self.kind == "lifetime":
             return "lifetime"
         if self.kind == "rolling":
-            return f"{_span_text(self.seconds)} rolling"
+            return f"{span_text(self.seconds)} rolling"
         extra = f", from {_WEEKDAYS[self.week_start]}" if self.unit == "week" else ""
         return f"calendar {self.unit} ({self.tz}{extra})"
 
@@ -475,10 +475,6 @@ class Window:
             end = start.replace(year=year, month=month)
         return _epoch(start, zone), _epoch(end, zone)
 
-    def bucket_of(self, now: float) -> int:
-        """Rolling windows: the index of the bucket holding ``now``."""
-        return int(now // self.granularity_s)
-
     @property
     def buckets(self) -> int:
         """Rolling windows: how many buckets tile the span."""
@@ -494,7 +490,8 @@ def _epoch(local_midnight: datetime, zone: ZoneInfo) -> float:
     return local_midnight.replace(tzinfo=zone).astimezone(UTC).timestamp()
 
 
-def _span_text(seconds: int) -> str:
+def span_text(seconds: int) -> str:
+    """A span in its largest whole unit: ``"5h"``, ``"7d"``, ``"90s"``."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds % size == 0:
             return f"{seconds // size}{unit}"

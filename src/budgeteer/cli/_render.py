@@ -16,7 +16,7 @@ from rich.text import Text
 
 from budgeteer.cli.demo import DemoResult, RunProgress
 from budgeteer.errors import Amount, BudgetExceeded, InvalidInput
-from budgeteer.model import DIMENSIONS, Limit, LimitHeadroom, ScopeUsage, Window
+from budgeteer.model import DIMENSIONS, Limit, LimitHeadroom, ScopeUsage, Window, span_text
 
 _STATE_STYLES = {
     "waiting": "dim",
@@ -53,24 +53,12 @@ def window_text(window: Window) -> str:
     if window.kind == "lifetime":
         return "lifetime"
     if window.kind == "rolling":
-        short = f"rolling:{_span(window.seconds)}"
+        short = f"rolling:{span_text(window.seconds)}"
         return short if parse_window(short) == window else window.key
     name = _CALENDAR_NAMES[window.unit or "day"]
     if window.unit == "week" and window.week_start != 0:
         return window.key
     return name if window.tz == "UTC" else f"{name} ({window.tz})"
-
-
-def window_tz(window: Window) -> str | None:
-    """The ``--tz`` that goes with ``window_text`` (``None`` when not needed)."""
-    return window.tz if window.kind == "calendar" and window.tz != "UTC" else None
-
-
-def _span(seconds: int) -> str:
-    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def parse_window(text: str, tz: str | None = None) -> Window:
