@@ -17,6 +17,8 @@ PUBLIC = {
     "RunReport", "ScopeUsage", "StepTimeout", "SystemClock", "UnknownModel",
     "UnknownReservation", "Usage", "Window", "__version__", "estimate_prompt_tokens",
     "parse_path",
+    # the degradation / exhaustion policy
+    "CallPlan", "Degrade", "Grant", "GrantRecord", "Policy",
 }  # fmt: skip
 
 

@@ -38,6 +38,7 @@ from budgeteer.model import (
     Window,
     parse_path,
 )
+from budgeteer.policy import CallPlan, Degrade, Grant, GrantRecord, Policy
 from budgeteer.pricing import LongContextPrice, ModelPrice, Price, Pricing
 from budgeteer.tracker import ResourceQuota, ResourceTracker, ResourceUsage
 
@@ -55,8 +56,12 @@ __all__ = [
     "BudgetExceeded",
     "BudgetWarning",
     "BudgeteerError",
+    "CallPlan",
     "Charge",
     "Clock",
+    "Degrade",
+    "Grant",
+    "GrantRecord",
     "Headroom",
     "InvalidInput",
     "Lease",
@@ -68,6 +73,7 @@ __all__ = [
     "ModelCall",
     "ModelPrice",
     "Overrun",
+    "Policy",
     "Price",
     "Pricing",
     "Reservation",
