@@ -9,6 +9,8 @@ node, the callback manager, the middleware chain — is LangChain's own code.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -31,6 +33,7 @@ from budgeteer import (
     AsyncRunGuard,
     BudgetExceeded,
     Degrade,
+    Grant,
     InvalidInput,
     Ledger,
     Limit,
@@ -123,6 +126,21 @@ def scripted(
     model: str = "gpt-4o", replies: Iterator[AIMessage] | None = None
 ) -> ScriptedChatModel:
     return ScriptedChatModel(model_name=model, messages=replies or runaway(model=model))
+
+
+def tools_or_text(model: ScriptedChatModel, text: str) -> Iterator[AIMessage]:
+    """Calls a tool while the last request offered tools, answers ``text`` when it did not."""
+    i = 0
+    while True:
+        i += 1
+        if model.calls[-1]["tools"]:
+            yield tool_reply(i, reported(), model.model_name)
+        else:
+            yield AIMessage(
+                text,
+                usage_metadata=reported(1500, 40),
+                response_metadata={"model_name": model.model_name},
+            )
 
 
 class Tools:
@@ -500,24 +518,9 @@ def test_middleware_clamps_max_tokens_to_what_the_budget_affords(ledger: Ledger)
 
 
 def test_middleware_runs_one_wrap_up_call_within_the_summary_reserve(ledger: Ledger) -> None:
-    holder: dict[str, ScriptedChatModel] = {}
-
-    def replies() -> Iterator[AIMessage]:
-        i = 0
-        while True:
-            i += 1
-            if holder["model"].calls[-1]["tools"]:
-                yield tool_reply(i, reported(), "gpt-4o")
-            else:
-                yield AIMessage(
-                    "Searched q1..qN; nothing found yet.",
-                    usage_metadata=reported(1500, 40),
-                    response_metadata={"model_name": "gpt-4o"},
-                )
-
     tools = Tools()
-    model = scripted(replies=replies())
-    holder["model"] = model
+    model = scripted(replies=iter([]))
+    model.messages = tools_or_text(model, "Searched q1..qN; nothing found yet.")
     cap = Decimal("0.05")
     policy = Policy(
         on_exhausted="summary",
@@ -543,21 +546,35 @@ def test_middleware_runs_one_wrap_up_call_within_the_summary_reserve(ledger: Led
     assert spent <= cap
 
 
-def test_middleware_stops_offering_tools_once_stop_tools_fires(ledger: Ledger) -> None:
-    holder: dict[str, ScriptedChatModel] = {}
-
-    def replies() -> Iterator[AIMessage]:
-        i = 0
-        while True:
-            i += 1
-            if holder["model"].calls[-1]["tools"]:
-                yield tool_reply(i, reported(), "gpt-4o")
-            else:
-                yield AIMessage("final answer from context", usage_metadata=reported())
-
+def test_a_refusal_at_admission_turns_the_call_into_the_wrap_up(ledger: Ledger) -> None:
+    # A requests cap gives the plan no warning (it clamps only token and cost room), so the
+    # refusal comes at admission; the guard admits the call under the reserve instead, and the
+    # middleware rewrites it into the wrap-up request before it is sent.
     tools = Tools()
-    model = scripted(replies=replies())
-    holder["model"] = model
+    model = scripted(replies=iter([]))
+    model.messages = tools_or_text(model, "Two searches, no answer yet.")
+    policy = Policy(
+        on_exhausted="summary",
+        summary_reserve=Usage(input_tokens=2000, output_tokens=150, requests=1),
+    )
+    with RunGuard(ledger, PATH, limits=[Limit("requests", 3)], policy=policy) as run:
+        agent = create_agent(model, [tools.search], middleware=[BudgetMiddleware(run)])
+        result = agent.invoke({"messages": [HumanMessage("go")]})
+    assert [bool(call["tools"]) for call in model.calls] == [True, True, False]
+    assert model.calls[-1]["max_tokens"] == 150
+    final = last(result)
+    assert not final.tool_calls
+    assert final.response_metadata[EXHAUSTED_KEY]["dimension"] == "requests"
+    assert final.response_metadata[EXHAUSTED_KEY]["summary"] is True
+    assert "Two searches, no answer yet." in final.text
+    assert run.report.wrapped_up is True
+    assert ledger.usage(PATH).used.requests == 3
+
+
+def test_middleware_stops_offering_tools_once_stop_tools_fires(ledger: Ledger) -> None:
+    tools = Tools()
+    model = scripted(replies=iter([]))
+    model.messages = tools_or_text(model, "final answer from context")
     policy = Policy(ladder=[Degrade.stop_tools(at=0.4, dimension="requests")])
     with RunGuard(ledger, PATH, limits=[Limit("requests", 10)], policy=policy) as run:
         agent = create_agent(model, [tools.search], middleware=[BudgetMiddleware(run)])
@@ -600,3 +617,92 @@ async def test_middleware_refuses_a_sync_guard_in_an_async_run(ledger: Ledger) -
         with pytest.raises(InvalidInput) as caught:
             await agent.ainvoke({"messages": [HumanMessage("go")]})
     assert caught.value.field == "guard"
+
+
+@pytest.mark.parametrize("via", ["callback", "middleware"])
+def test_parallel_tool_calls_in_one_turn_are_admitted_up_to_the_cap(
+    ledger: Ledger, via: str
+) -> None:
+    def three_at_once() -> Iterator[AIMessage]:
+        yield AIMessage(
+            content="",
+            tool_calls=[
+                {"name": "search", "args": {"q": f"p{i}"}, "id": f"p{i}"} for i in range(3)
+            ],
+            usage_metadata=reported(),
+        )
+        yield AIMessage("done", usage_metadata=reported())
+
+    tools = Tools()
+    with RunGuard(ledger, PATH, limits=[Limit("tool_calls", 2)]) as run:
+        if via == "callback":
+            agent = create_agent(scripted(replies=three_at_once()), [tools.search])
+            with pytest.raises(BudgetExceeded) as caught:
+                agent.invoke(
+                    {"messages": [HumanMessage("go")]},
+                    config={"callbacks": [BudgetCallbackHandler(run)]},
+                )
+            assert caught.value.dimension == "tool_calls"
+        else:
+            middleware = [BudgetMiddleware(run)]
+            agent = create_agent(
+                scripted(replies=three_at_once()), [tools.search], middleware=middleware
+            )
+            result = agent.invoke({"messages": [HumanMessage("go")]})
+            assert last(result).response_metadata[EXHAUSTED_KEY]["dimension"] == "tool_calls"
+    # The three calls ran on LangChain's executor threads; exactly two were admitted.
+    assert len(tools.ran) == 2
+    assert ledger.usage(PATH).used.tool_calls == 2
+
+
+def test_middleware_goes_on_after_an_escalation_grant(ledger: Ledger) -> None:
+    tools = Tools()
+    model = scripted()
+    asked: list[BudgetExceeded] = []
+
+    def escalate(error: BudgetExceeded) -> Grant | None:
+        asked.append(error)
+        return Grant(amount=Decimal("0.01"), reason="approved") if len(asked) == 1 else None
+
+    policy = Policy(on_exhausted="escalate", escalate=escalate)
+    cap = Decimal("0.02")
+    with RunGuard(
+        ledger, PATH, limits=[Limit("cost_usd", cap)], pricing=Pricing(), policy=policy
+    ) as run:
+        agent = create_agent(model, [tools.search], middleware=[BudgetMiddleware(run)])
+        result = agent.invoke({"messages": [HumanMessage("go")]})
+    assert len(asked) == 2  # granted once, refused the second time
+    assert [(g.dimension, g.new_limit) for g in run.report.grants] == [
+        ("cost_usd", Decimal("0.03"))
+    ]
+    assert last(result).response_metadata[EXHAUSTED_KEY]["limit"] == "0.03"
+    spent = ledger.usage(PATH).used.cost_usd
+    assert spent is not None
+    assert cap < spent <= Decimal("0.03")  # the grant let the run go past the first cap
+    assert run.report.status == "stopped"
+
+
+# -- the example ----------------------------------------------------------------------------------
+
+
+def test_the_example_runs_offline_and_ends_within_its_cap(tmp_path: Path) -> None:
+    example = Path(__file__).parents[2] / "examples" / "langchain_budget.py"
+    url = f"sqlite:///{tmp_path}/example.db"
+    done = subprocess.run(
+        [sys.executable, str(example), "--ledger", url, "--cap", "0.10"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    assert lines["status"] == "stopped (cost_usd on org:demo/session:1)"
+    assert lines["wrapped up"] == "True"
+    assert lines["budget_exhausted"] == "True"
+    models = dict(item.split("=") for item in lines["model calls"].split(", "))
+    assert int(models["gpt-4o"]) >= 1
+    assert int(models["gpt-4o-mini"]) >= 1  # downgraded at 50%
+    spent = Decimal(lines["spent"].split(" of ")[0])
+    assert spent <= Decimal("0.10")
+    with Ledger(url) as ledger:  # what the example printed is what the ledger file holds
+        assert ledger.usage("org:demo/session:1").used.cost_usd == spent
