@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,8 @@ class ScriptedChatModel(GenericFakeChatModel):
     model_name: str = "gpt-4o"
     max_tokens: int | None = 256
     calls: list[dict[str, Any]] = Field(default_factory=list)
+    peek: Callable[[], object] | None = None
+    """Called during each call; what it returns is logged as ``seen``."""
 
     def bind_tools(
         self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any
@@ -80,6 +82,7 @@ class ScriptedChatModel(GenericFakeChatModel):
             {
                 "tools": kwargs.get("tools", []),
                 "max_tokens": kwargs.get("max_tokens", self.max_tokens),
+                "seen": self.peek() if self.peek else None,
             }
         )
         return super()._generate(messages, stop, run_manager, **kwargs)
@@ -480,6 +483,8 @@ def test_middleware_downgrades_the_model_at_the_threshold(ledger: Ledger) -> Non
     tools = Tools()
     strong = scripted("gpt-4o")
     cheap = scripted("gpt-4o-mini")
+    cheap.max_tokens = 128  # its own setting, not the strong model's 256
+    cheap.peek = lambda: ledger.usage(PATH).held.output_tokens
     policy = Policy(ladder=[Degrade.downgrade(to="gpt-4o-mini", at=0.5, dimension="requests")])
     limits = [Limit("requests", 10), Limit("tool_calls", 7)]
     with RunGuard(ledger, PATH, limits=limits, pricing=Pricing(), policy=policy) as run:
@@ -491,6 +496,8 @@ def test_middleware_downgrades_the_model_at_the_threshold(ledger: Ledger) -> Non
     assert len(strong.calls) == 5
     assert len(cheap.calls) == 3
     assert run.report.models == {"gpt-4o": 5, "gpt-4o-mini": 3}
+    # Each cheap call was sent, and reserved, with the cheap model's own max_tokens.
+    assert [(c["max_tokens"], c["seen"]) for c in cheap.calls] == [(128, 128)] * 3
     assert [r.action for r in run.report.degradations] == ["downgrade"]
     mini = Pricing().price("gpt-4o-mini", Usage(input_tokens=1000, output_tokens=50)).cost_usd
     big = Pricing().price("gpt-4o", Usage(input_tokens=1000, output_tokens=50)).cost_usd

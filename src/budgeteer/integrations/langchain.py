@@ -141,6 +141,45 @@ def _tools_dict(tools: Sequence[object]) -> list[dict[str, str]]:
     return [{"role": "tools", "content": json.dumps(schemas, default=str)}]
 
 
+class _PromptCache:
+    """Prompt estimates for one run: each message is read once, each tool list converted once.
+
+    An agent resends its whole conversation on every call, so reading every message again
+    would make the run's estimating cost quadratic. Messages are keyed by their id (LangChain's
+    message reducer gives every message in an agent's state one) and size.
+    """
+
+    def __init__(self) -> None:
+        self._messages: dict[tuple[str, str, int, int], dict[str, str]] = {}
+        self._tools: dict[tuple[int, ...], tuple[tuple[object, ...], list[dict[str, str]]]] = {}
+
+    def messages(self, messages: Iterable[BaseMessage]) -> list[dict[str, str]]:
+        prompt = []
+        for message in messages:
+            if message.id is None:
+                prompt.append(_message_dict(message))
+                continue
+            # A message replaced under the same id (LangChain's reducer allows it) has, almost
+            # always, another length: re-read it then.
+            calls = getattr(message, "tool_calls", None) or ()
+            key = (message.id, message.type, len(message.content), len(calls))
+            entry = self._messages.get(key)
+            if entry is None:
+                entry = self._messages[key] = _message_dict(message)
+            prompt.append(entry)
+        return prompt
+
+    def tools(self, tools: Sequence[object]) -> list[dict[str, str]]:
+        key = tuple(id(tool) for tool in tools)
+        cached = self._tools.get(key)
+        # The tuple of tools is kept so that an id cannot be reused by another object.
+        if cached is not None and all(a is b for a, b in zip(cached[0], tools, strict=True)):
+            return cached[1]
+        converted = _tools_dict(tools)
+        self._tools[key] = (tuple(tools), converted)
+        return converted
+
+
 def _int_setting(source: Mapping[str, Any] | None, keys: Iterable[str]) -> int | None:
     if not source:
         return None
@@ -270,9 +309,9 @@ class _HandlerConfig:
         params = invocation_params or {}
         name = meta.get("ls_model_name") or params.get("model_name") or params.get("model")
         model = self.model or (name if isinstance(name, str) and name else None)
-        max_tokens = _int_setting(meta, ("ls_max_tokens",)) or _int_setting(
-            params, _MAX_TOKENS_KEYS
-        )
+        max_tokens = _int_setting(meta, ("ls_max_tokens",))
+        if max_tokens is None:
+            max_tokens = _int_setting(params, _MAX_TOKENS_KEYS)
         tools = params.get("tools")
         if tools:
             prompt = [*prompt, {"role": "tools", "content": json.dumps(tools, default=str)}]
@@ -290,10 +329,6 @@ class _HandlerConfig:
             # A callback observes a request; it cannot change it. BudgetMiddleware can.
             logger.debug("policy downgrade to %s needs BudgetMiddleware", plan.model)
         return None
-
-
-def _chat_prompt(messages: list[list[BaseMessage]]) -> list[dict[str, str]]:
-    return [_message_dict(message) for batch in messages for message in batch]
 
 
 def _text_prompt(prompts: list[str]) -> list[dict[str, str]]:
@@ -347,6 +382,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             )
         self.guard = guard
         self._config = _HandlerConfig(model, provider, subagent_tools)
+        self._prompts = _PromptCache()
         self._open: dict[UUID, tuple[ExitStack, ModelCall]] = {}
         # LangChain runs parallel tool calls (and batches) on executor threads.
         self._lock = threading.RLock()
@@ -363,7 +399,8 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Admit the chat model call before it runs."""
-        self._start(run_id, _chat_prompt(messages), metadata, kwargs.get("invocation_params"))
+        prompt = self._prompts.messages(m for batch in messages for m in batch)
+        self._start(run_id, prompt, metadata, kwargs.get("invocation_params"))
 
     def on_llm_start(
         self,
@@ -509,6 +546,7 @@ class AsyncBudgetCallbackHandler(BaseCallbackHandler):
         self.guard = guard
         self._loop = loop
         self._config = _HandlerConfig(model, provider, subagent_tools)
+        self._prompts = _PromptCache()
         self._open: dict[UUID, tuple[AsyncExitStack, AsyncModelCall]] = {}
         self._lock = threading.Lock()
 
@@ -524,7 +562,7 @@ class AsyncBudgetCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """See ``BudgetCallbackHandler.on_chat_model_start``."""
-        prompt = _chat_prompt(messages)
+        prompt = self._prompts.messages(m for batch in messages for m in batch)
         self._on_loop(self._start(run_id, prompt, metadata, kwargs.get("invocation_params")))
 
     def on_llm_start(
@@ -725,6 +763,7 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         self._max_tokens_setting = max_tokens_setting
         self._subagent_tools = frozenset(subagent_tools)
         self._summary_prompt = summary_prompt
+        self._prompts = _PromptCache()
         self._lock = threading.RLock()
 
     # -- hooks ----------------------------------------------------------------------------------
@@ -854,8 +893,15 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         if plan.final:
             return self._final(request, spec, plan.model or spec.model, plan.max_tokens)
         if plan.model is not None and plan.model != spec.model:
+            # The cheaper model has its own settings (its max_tokens, its provider): plan again
+            # for it, so the estimate and the clamp are the ones of the call actually made.
             request = request.override(model=self._chat_model(plan.model))
-            spec = replace(spec, model=plan.model, provider=self._spec(request).provider)
+            spec = replace(self._spec(request), model=plan.model)
+            plan = self.guard.plan_call(
+                spec.model, prompt=spec.prompt, max_tokens=spec.max_tokens, provider=spec.provider
+            )
+            if plan.exhausted:
+                return None
         if plan.max_tokens is not None and plan.max_tokens != spec.max_tokens:
             settings = {**request.model_settings, self._max_tokens_setting: plan.max_tokens}
             request = request.override(model_settings=settings)
@@ -917,12 +963,11 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         provider = _provider(params.get("ls_provider"), self._provider)
         return _CallSpec(model, provider, max_tokens, self._prompt(request))
 
-    @staticmethod
-    def _prompt(request: ModelRequest[Any]) -> list[dict[str, str]]:
+    def _prompt(self, request: ModelRequest[Any]) -> list[dict[str, str]]:
         messages = list(request.messages)
         if request.system_message is not None:
             messages.insert(0, request.system_message)
-        return [_message_dict(m) for m in messages] + _tools_dict(request.tools)
+        return self._prompts.messages(messages) + self._prompts.tools(request.tools)
 
     def _chat_model(self, name: str) -> BaseChatModel:
         """The chat model for a downgrade target (built once per name)."""
