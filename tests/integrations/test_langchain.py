@@ -9,6 +9,7 @@ node, the callback manager, the middleware chain — is LangChain's own code.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -21,9 +22,9 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.messages.ai import UsageMetadata
-from langchain_core.outputs import ChatResult
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool, tool
 from pydantic import Field
@@ -86,6 +87,36 @@ class ScriptedChatModel(GenericFakeChatModel):
             }
         )
         return super()._generate(messages, stop, run_manager, **kwargs)
+
+
+class StreamingChatModel(ScriptedChatModel):
+    """Streams each scripted message in two chunks; the usage comes in the last one, as
+    OpenAI's ``stream_options={"include_usage": True}`` does."""
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        self.calls.append({"tools": kwargs.get("tools", []), "max_tokens": self.max_tokens})
+        message = next(self.messages)
+        assert isinstance(message, AIMessage)
+        text = message.text
+        yield ChatGenerationChunk(message=AIMessageChunk(content=text[:4]))
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=text[4:],
+                tool_call_chunks=[
+                    {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i}
+                    for i, c in enumerate(message.tool_calls)
+                ],
+                usage_metadata=message.usage_metadata,
+                response_metadata=message.response_metadata,
+                chunk_position="last",
+            )
+        )
 
 
 def reported(
@@ -425,6 +456,95 @@ def test_handlers_refuse_the_wrong_kind_of_guard(ledger: Ledger) -> None:
     with pytest.raises(InvalidInput) as caught:
         AsyncBudgetCallbackHandler(RunGuard(ledger, PATH))  # type: ignore[arg-type]
     assert caught.value.field == "guard"
+
+
+@pytest.mark.parametrize("via", ["callback", "middleware"])
+def test_a_streamed_agent_run_is_charged_the_usage_reported_in_the_last_chunk(
+    ledger: Ledger, via: str
+) -> None:
+    def replies() -> Iterator[AIMessage]:
+        for i in (1, 2):
+            reply = tool_reply(i, reported(2000, 80, cache_read=1024), "gpt-4o")
+            yield AIMessage(
+                "searching",
+                tool_calls=reply.tool_calls,
+                usage_metadata=reply.usage_metadata,
+                response_metadata=reply.response_metadata,
+            )
+        yield AIMessage("all done", usage_metadata=reported(2600, 30, cache_read=2048))
+
+    tools = Tools()
+    model = StreamingChatModel(model_name="gpt-4o", messages=replies())
+    with RunGuard(ledger, PATH, limits=[Limit("cost_usd", "1")], pricing=Pricing()) as run:
+        middleware = [BudgetMiddleware(run)] if via == "middleware" else []
+        agent = create_agent(model, [tools.search], middleware=middleware)
+        config: Any = {"callbacks": [BudgetCallbackHandler(run)]} if via == "callback" else {}
+        tokens = [
+            chunk.text
+            for chunk, _ in agent.stream(
+                {"messages": [HumanMessage("go")]}, config=config, stream_mode="messages"
+            )
+            if isinstance(chunk, AIMessageChunk)
+        ]
+    assert "".join(tokens) == "searchingsearchingall done"
+    assert tools.ran == ["q1", "q2"]
+    expected = 2 * genai_cost("gpt-4o", reported(2000, 80, cache_read=1024)) + genai_cost(
+        "gpt-4o", reported(2600, 30, cache_read=2048)
+    )
+    assert ledger.usage(PATH).used.cost_usd == expected
+    assert ledger.usage(PATH).used.cache_read_tokens == 1024 + 1024 + 2048
+
+
+def test_a_stream_abandoned_early_is_still_charged(ledger: Ledger) -> None:
+    replies = iter([AIMessage("a long answer that is never read", usage_metadata=reported())])
+    model = StreamingChatModel(model_name="gpt-4o", messages=replies)
+    with RunGuard(ledger, PATH, pricing=Pricing()) as run:
+        handler = BudgetCallbackHandler(run)
+        stream = model.stream("hi", config={"callbacks": [handler]})
+        first = next(stream)
+        stream.close()  # the consumer walks away: the provider has generated (and bills) tokens
+        assert first.text == "a lo"
+        assert not ledger.usage(PATH).held.units
+    used = ledger.usage(PATH).used
+    # No usage arrived (it comes in the last chunk), so the whole estimate held is charged.
+    assert used.requests == 1
+    assert used.output_tokens == 256
+    assert used.cost_usd == run.report.cost_usd
+    assert used.cost_usd is not None
+    assert used.cost_usd > 0
+
+
+@pytest.mark.parametrize("via", ["callback", "middleware"])
+async def test_a_cancelled_model_call_is_charged_its_estimate(
+    aledger: AsyncLedger, via: str
+) -> None:
+    started = asyncio.Event()
+
+    class Hanging(ScriptedChatModel):
+        async def _agenerate(self, *args: Any, **kwargs: Any) -> ChatResult:
+            started.set()
+            await asyncio.Event().wait()  # a provider that never answers
+            raise AssertionError("unreachable")
+
+    async with AsyncRunGuard(aledger, PATH, pricing=Pricing()) as run:
+        model = Hanging(model_name="gpt-4o", messages=iter([]))
+        middleware = [BudgetMiddleware(run)] if via == "middleware" else []
+        agent = create_agent(model, [Tools().search], middleware=middleware)
+        handler = AsyncBudgetCallbackHandler(run)
+        config: Any = {"callbacks": [handler]} if via == "callback" else {}
+        task = asyncio.create_task(agent.ainvoke({"messages": [HumanMessage("go")]}, config))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        if via == "callback":
+            # LangChain never reports the end of a cancelled call to callbacks: charge it.
+            assert await handler.charge_unfinished() == 1
+        assert not (await aledger.usage(PATH)).held.units
+    used = (await aledger.usage(PATH)).used
+    assert used.requests == 1
+    assert used.output_tokens == 256  # the estimate held for it
+    assert used.cost_usd == run.report.cost_usd
 
 
 # -- the middleware -------------------------------------------------------------------------------

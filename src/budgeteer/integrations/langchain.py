@@ -23,6 +23,12 @@ agent runs its sync tools exactly that way. So ``AsyncBudgetCallbackHandler`` ha
 that LangChain calls in a worker thread; each hands its admission to the guard's event loop and
 waits for it, so the refusal is raised where LangChain honours ``raise_error``.
 
+Streams: LangChain aggregates a streamed call's chunks (the usage arrives in the last one) before
+``on_llm_end``, so a streamed call is settled like any other. A stream abandoned by its consumer
+or a cancelled call is charged what it reported, else the estimate it held (never released for
+free: the provider bills what it generated). LangChain does not tell callbacks about an async
+call cancelled mid-flight; ``charge_unfinished()`` charges those (the middleware needs no help).
+
 Use one of the two per run, not both: each admits every call, so both together count twice.
 """
 
@@ -243,6 +249,44 @@ def _message_usage(message: BaseMessage) -> tuple[Usage | None, str | None]:
     return usage_from_langchain(reported), served_name
 
 
+_SERVED = (GeneratorExit, asyncio.CancelledError, KeyboardInterrupt)
+"""Ends of a model call that do not mean the provider served nothing: charged, not released."""
+
+
+def _has_output(generation: object) -> bool:
+    if isinstance(generation, ChatGeneration):
+        message = generation.message
+        return bool(
+            message.content
+            or getattr(message, "tool_calls", None)
+            or getattr(message, "tool_call_chunks", None)
+        )
+    return bool(getattr(generation, "text", ""))
+
+
+def _failed_call_charge(
+    error: BaseException, partial: object
+) -> tuple[Usage | None, str | None] | None:
+    """What a model call that ended in ``error`` is charged: ``None`` releases its hold.
+
+    A stream abandoned by its consumer (LangChain reports ``GeneratorExit``), a cancelled call,
+    or any call that had already generated output was served and billed by the provider: it is
+    charged the usage it reported, else the whole estimate it held (never under-counted). A
+    call that failed before producing anything (a refused or failed request) is released.
+    """
+    result = partial if isinstance(partial, LLMResult) else None
+    usage, served = _result_usage(result) if result is not None else (None, None)
+    if usage is not None:
+        return usage, served
+    # LangChain appends an empty generation that carries the error's HTTP metadata: not output.
+    generated = result is not None and any(
+        _has_output(generation) for generations in result.generations for generation in generations
+    )
+    if generated or isinstance(error, _SERVED):
+        return None, served
+    return None
+
+
 def budget_exhausted_message(
     error: BudgetExceeded | None, summary: str | None = None, *, source: AIMessage | None = None
 ) -> AIMessage:
@@ -427,17 +471,9 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         """Settle the call with the usage the provider reported (the estimate if none)."""
         with self._lock:
             entry = self._open.pop(run_id, None)
-        if entry is None:
-            return
-        stack, call = entry
-        with stack:
-            usage, served = _result_usage(response)
-            with self._lock:
-                if usage is None:
-                    logger.warning("no usage reported for %s; charging the estimate", call.model)
-                    call.settle(call.estimate)
-                else:
-                    call.settle(usage, model=self._config.model or served or call.model)
+        if entry is not None:
+            with entry[0]:
+                self._settle(entry[1], *_result_usage(response))
 
     def on_llm_error(
         self,
@@ -447,11 +483,43 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        """The call failed: release its hold."""
+        """The call failed: release its hold, or charge what it generated before it stopped
+        (an abandoned stream, a cancelled call; see ``_failed_call_charge``)."""
         with self._lock:
             entry = self._open.pop(run_id, None)
-        if entry is not None:
-            entry[0].__exit__(type(error), error, error.__traceback__)
+        if entry is None:
+            return
+        stack, call = entry
+        charge = _failed_call_charge(error, kwargs.get("response"))
+        if charge is None:
+            stack.__exit__(type(error), error, error.__traceback__)
+            return
+        with stack:
+            self._settle(call, *charge)
+
+    def charge_unfinished(self) -> int:
+        """Charge the estimate of every model call LangChain started but never ended.
+
+        LangChain reports neither the end nor an error of a call whose task was cancelled
+        (``agenerate`` is cancelled before it calls ``on_llm_error``); without this the guard
+        releases such holds on exit and the call costs nothing. Call it before the guard's block
+        ends, e.g. in a ``finally``. Returns how many calls were charged.
+        """
+        with self._lock:
+            entries = list(self._open.values())
+            self._open.clear()
+        for stack, call in entries:
+            with stack:
+                self._settle(call, None, None)
+        return len(entries)
+
+    def _settle(self, call: ModelCall, usage: Usage | None, served: str | None) -> None:
+        with self._lock:
+            if usage is None:
+                logger.warning("no usage reported for %s; charging the estimate", call.model)
+                call.settle(call.estimate)
+            else:
+                call.settle(usage, model=self._config.model or served or call.model)
 
     def on_tool_start(
         self,
@@ -592,7 +660,7 @@ class AsyncBudgetCallbackHandler(BaseCallbackHandler):
         with self._lock:
             entry = self._open.pop(run_id, None)
         if entry is not None:
-            self._on_loop(self._settle(entry, response))
+            self._on_loop(self._settle(entry, *_result_usage(response)))
 
     def on_llm_error(
         self,
@@ -605,8 +673,13 @@ class AsyncBudgetCallbackHandler(BaseCallbackHandler):
         """See ``BudgetCallbackHandler.on_llm_error``."""
         with self._lock:
             entry = self._open.pop(run_id, None)
-        if entry is not None:
+        if entry is None:
+            return
+        charge = _failed_call_charge(error, kwargs.get("response"))
+        if charge is None:
             self._on_loop(entry[0].__aexit__(type(error), error, error.__traceback__))
+        else:
+            self._on_loop(self._settle(entry, *charge))
 
     def on_tool_start(
         self,
@@ -622,6 +695,15 @@ class AsyncBudgetCallbackHandler(BaseCallbackHandler):
     ) -> None:
         """See ``BudgetCallbackHandler.on_tool_start``."""
         self._on_loop(self._admit_tool(_tool_name(serialized, kwargs)))
+
+    async def charge_unfinished(self) -> int:
+        """See ``BudgetCallbackHandler.charge_unfinished`` (await it on the agent's loop)."""
+        with self._lock:
+            entries = list(self._open.values())
+            self._open.clear()
+        for entry in entries:
+            await self._settle(entry, None, None)
+        return len(entries)
 
     def _on_loop(self, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` on the guard's loop and wait for it from this worker thread."""
@@ -661,11 +743,13 @@ class AsyncBudgetCallbackHandler(BaseCallbackHandler):
             self._open[run_id] = (stack, call)
 
     async def _settle(
-        self, entry: tuple[AsyncExitStack, AsyncModelCall], response: LLMResult
+        self,
+        entry: tuple[AsyncExitStack, AsyncModelCall],
+        usage: Usage | None,
+        served: str | None,
     ) -> None:
         stack, call = entry
         async with stack:
-            usage, served = _result_usage(response)
             if usage is None:
                 logger.warning("no usage reported for %s; charging the estimate", call.model)
                 await call.settle(call.estimate)
@@ -805,7 +889,12 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             except BudgetExceeded as error:
                 return self._refused(error)
             planned = self._final_if(planned, call.final, call.estimate)
-            response = handler(planned.request)
+            try:
+                response = handler(planned.request)
+            except _SERVED:
+                with self._lock:  # the provider may have generated (and billed) tokens already
+                    call.settle(call.estimate)
+                raise
             usage, served = self._response_usage(response)
             with self._lock:
                 if usage is None:
@@ -837,7 +926,11 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             except BudgetExceeded as error:
                 return self._refused(error)
             planned = self._final_if(planned, call.final, call.estimate)
-            response = await handler(planned.request)
+            try:
+                response = await handler(planned.request)
+            except _SERVED:
+                await call.settle(call.estimate)  # may have generated (and billed) tokens
+                raise
             usage, served = self._response_usage(response)
             if usage is None:
                 await call.settle(call.estimate)
