@@ -278,6 +278,12 @@ if op == 'reserve' then
   local scopes = prefixes(path)
   local missing = missing_bounds(scopes, amounts)
   if missing then return {'bounds', missing, num(now)} end
+  local existing = redis.call('HGET', HOLDS, id)
+  if existing then  -- a retry whose first reply was lost: the hold is already counted
+    local reply = {'ok', num(now), split_lines(existing)[3]}
+    for _, v in ipairs(flatten(states(scopes, amounts))) do reply[#reply + 1] = v end
+    return reply
+  end
   reclaim_expired()
   local rows = states(scopes, amounts)
   for _, row in ipairs(rows) do
