@@ -180,6 +180,20 @@ class RedisBackend(_RedisCore):
             self._run(path, "reserve", now, reservation_id, path, _encode(amounts), ttl)
         )
 
+    def admit(
+        self,
+        path: str,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        expect_limits: int = -1,
+    ) -> tuple[LimitState, ...] | Denial | None:
+        del scopes
+        return _admit_result(self._run(path, "admit", now, path, _encode(amounts), expect_limits))
+
+    def prune(self, scope: str, now: float) -> bool:
+        return bool(self._run(scope, "prune", now, scope)[0])
+
     def commit(
         self,
         reservation_id: str,
@@ -332,6 +346,22 @@ class AsyncRedisBackend(_RedisCore):
             await self._run(path, "reserve", now, reservation_id, path, _encode(amounts), ttl)
         )
 
+    async def admit(
+        self,
+        path: str,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        expect_limits: int = -1,
+    ) -> tuple[LimitState, ...] | Denial | None:
+        del scopes
+        return _admit_result(
+            await self._run(path, "admit", now, path, _encode(amounts), expect_limits)
+        )
+
+    async def prune(self, scope: str, now: float) -> bool:
+        return bool((await self._run(scope, "prune", now, scope))[0])
+
     async def commit(
         self,
         reservation_id: str,
@@ -393,6 +423,12 @@ def _reserve_result(reply: Any) -> tuple[LimitState, ...] | Denial:
         state = LimitState(scope, dimension, window_key, max_units, used, held)
         return Denial(state, requested, float(wait) if wait else None)
     return _states(reply[3:])
+
+
+def _admit_result(reply: Any) -> tuple[LimitState, ...] | Denial | None:
+    if reply[0] == b"stale":
+        return None
+    return _reserve_result(reply)
 
 
 def _commit_result(reply: Any, reservation_id: str) -> CommitOutcome:

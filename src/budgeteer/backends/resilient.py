@@ -177,6 +177,33 @@ class ResilientBackend:
             outage.__cause__ = down.__cause__
             raise _denial(path, amounts) from outage
 
+    def admit(
+        self,
+        path: str,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        expect_limits: int = -1,
+    ) -> tuple[LimitState, ...] | Denial | None:
+        try:
+            return self._call(self.inner.admit, path, scopes, amounts, now, expect_limits)
+        except StoreDown as down:
+            if self.policy == "raise":
+                raise down.__cause__ from None  # type: ignore[misc]
+            if self.policy == "allow":
+                # Admitted against the emergency budget; nothing is queued (an admission is
+                # a rate decision, not spend to deliver later).
+                local = self._local.admit(path, (_EMERGENCY_SCOPE,), amounts, now)
+                if local is not None and not isinstance(local, Denial):
+                    return local
+            outage = BackendUnavailable(self.url, "admit", str(down))
+            outage.__cause__ = down.__cause__
+            raise _denial(path, amounts) from outage
+
+    def prune(self, scope: str, now: float) -> bool:
+        pruned: bool = self._raise_down(self._call, self.inner.prune, scope, now)
+        return pruned
+
     def commit(
         self,
         reservation_id: str,

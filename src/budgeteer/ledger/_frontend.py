@@ -53,6 +53,8 @@ CommitArgs = tuple[str, Mapping[str, int], float, Mapping[str, str]]
 """(reservation id, actual, now, metadata): ``Backend.commit``'s arguments."""
 ChargeArgs = tuple[str, str, tuple[str, ...], Mapping[str, int], float, Mapping[str, str]]
 """(charge id, path, scopes, actual, now, metadata): ``Backend.charge``'s arguments."""
+AdmitArgs = tuple[str, tuple[str, ...], Mapping[str, int], float]
+"""(path, scopes, amounts, now): ``Backend.admit``'s leading arguments."""
 NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
@@ -202,24 +204,24 @@ class LedgerFrontend:
 
     # -- outputs ------------------------------------------------------------------------------
 
+    def admit_args(self, path: str, usage: object) -> AdmitArgs:
+        """Validated arguments of ``Backend.admit`` (without ``expect_limits``)."""
+        entry = self._paths.get(path) or self._entry(path)
+        checked = usage if type(usage) is Usage else as_usage(usage, "usage")
+        return path, entry[0], checked.units, self._now()
+
+    @staticmethod
+    def admitted(path: str, result: tuple[LimitState, ...] | Denial | None) -> Headroom:
+        if isinstance(result, Denial):
+            raise exceeded(result)
+        return Headroom(path, tuple(LimitHeadroom.from_state(s) for s in result or ()))
+
     @staticmethod
     def reservation(
         args: ReserveArgs, result: tuple[LimitState, ...] | Denial, usage: Usage
     ) -> Reservation:
         if isinstance(result, Denial):
-            denial = result
-            state = denial.state
-            dimension = state.dimension
-            raise BudgetExceeded(
-                scope=state.scope,
-                dimension=dimension,
-                limit=from_units(dimension, state.max_units),
-                used=from_units(dimension, state.used),
-                held=from_units(dimension, state.held),
-                requested=from_units(dimension, denial.requested),
-                window=Window.from_key(state.window_key),
-                retry_after=denial.retry_after,
-            )
+            raise exceeded(result)
         reservation_id, path, _, _, now, expires_at = args
         return Reservation(reservation_id, path, usage, now, expires_at, result)
 
@@ -264,6 +266,22 @@ class LedgerFrontend:
             Limit(dimension, from_units(dimension, max_units), Window.from_key(window_key))
             for dimension, window_key, max_units in rows
         )
+
+
+def exceeded(denial: Denial) -> BudgetExceeded:
+    """The ``BudgetExceeded`` that a backend's ``Denial`` stands for, in API units."""
+    state = denial.state
+    dimension = state.dimension
+    return BudgetExceeded(
+        scope=state.scope,
+        dimension=dimension,
+        limit=from_units(dimension, state.max_units),
+        used=from_units(dimension, state.used),
+        held=from_units(dimension, state.held),
+        requested=from_units(dimension, denial.requested),
+        window=Window.from_key(state.window_key),
+        retry_after=denial.retry_after,
+    )
 
 
 def _overrun(state: LimitState) -> Overrun:
