@@ -195,6 +195,7 @@ class BudgetCapability(AbstractCapability[Any]):
         self.count_subagents = count_subagents
         self.reports: list[RunReport] = []
         self._run_guard: AsyncRunGuard | None = guard
+        self._refusal: BudgetExceeded | None = None
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -215,6 +216,7 @@ class BudgetCapability(AbstractCapability[Any]):
         del ctx
         run = copy.copy(self)  # shares ``reports``, the config and the given guard
         run._run_guard = self._given
+        run._refusal = None
         return run
 
     async def wrap_run(self, ctx: RunContext[Any], *, handler: Any) -> Any:
@@ -225,12 +227,16 @@ class BudgetCapability(AbstractCapability[Any]):
         token = _ACTIVE.set(self)
         try:
             if self._given is not None:
-                return await handler()
+                result = await handler()
+                self._check_refusal()
+                return result
             guard = self._open_guard(ctx)
             self._run_guard = guard
             try:
                 async with guard:
-                    return await handler()
+                    result = await handler()
+                    self._check_refusal()
+                    return result
             finally:
                 self.reports.append(guard.report)
         finally:
@@ -293,8 +299,8 @@ class BudgetCapability(AbstractCapability[Any]):
             logger.info("budget: request moved from %s to %s", model.model_name, plan.model)
         wanted = _max_tokens(request_context.model_settings, model)
         if plan.max_tokens is not None and plan.max_tokens != wanted:
-            changed.model_settings = ModelSettings(
-                **(request_context.model_settings or {}), max_tokens=plan.max_tokens
+            changed.model_settings = _with_max_tokens(
+                request_context.model_settings, plan.max_tokens
             )
         if not plan.tools_allowed or plan.final:
             changed.model_request_parameters = replace(
@@ -316,7 +322,7 @@ class BudgetCapability(AbstractCapability[Any]):
         self, error: BudgetExceeded, parameters: ModelRequestParameters, model_name: str | None
     ) -> ModelResponse:
         """Raise ``error``, or with ``graceful_end`` return the response that ends the run."""
-        if not self.graceful_end or not parameters.allow_text_output:
+        if not self.graceful_end or not _accepts_plain_text(parameters):
             raise error
         return ModelResponse(
             parts=[TextPart(budget_exhausted_message(error))], model_name=model_name
@@ -351,15 +357,30 @@ class BudgetCapability(AbstractCapability[Any]):
         tool_def: ToolDefinition,
         args: Any,
     ) -> Any:
-        """Admit one tool call before it runs: the one place for tool admissions."""
+        """Admit one tool call before it runs: the one place for tool admissions.
+
+        A refused call is skipped (its result says why) instead of raising here: Pydantic AI
+        runs a response's tool calls in parallel and an exception would cancel the siblings
+        that were admitted and charged. Once the budget is exhausted the run then ends before
+        its next model request (raising, or gracefully); after a ``stop_tools`` rung it goes on
+        without tools.
+        """
         del ctx, tool_def
+        guard = self.guard
         try:
-            await self.guard.tool_call(call.tool_name)
+            await guard.tool_call(call.tool_name)
         except BudgetExceeded as error:
-            if not self.graceful_end:
-                raise
+            if guard.exhausted is not None and self._refusal is None:
+                self._refusal = error
             raise SkipToolExecution(budget_exhausted_message(error)) from None
         return args
+
+    def _check_refusal(self) -> None:
+        """Raise mode: a run whose tool call was refused for exhaustion does not end quietly,
+        even when its last response needed no further request (unless it wrapped up)."""
+        refusal = self._refusal
+        if refusal is not None and not self.graceful_end and not self.guard.report.wrapped_up:
+            raise refusal
 
 
 class _BudgetedModel(WrapperModel):
@@ -454,6 +475,23 @@ def _max_tokens(settings: ModelSettings | None, model: Model) -> int | None:
     return None
 
 
+def _accepts_plain_text(parameters: ModelRequestParameters) -> bool:
+    """True if a plain text response is a valid final output of this request.
+
+    ``allow_text_output`` alone does not say so: in ``auto`` mode (before the serving model
+    resolves it) it is True even for a structured output type, and in ``native`` or
+    ``prompted`` mode text is parsed as JSON.
+    """
+    return parameters.allow_text_output and parameters.output_mode in ("text", "tool")
+
+
+def _with_max_tokens(settings: ModelSettings | None, max_tokens: int) -> ModelSettings:
+    """A copy of ``settings`` with ``max_tokens`` set (the request's own dict is left alone)."""
+    updated = ModelSettings() if settings is None else settings.copy()
+    updated["max_tokens"] = max_tokens
+    return updated
+
+
 def _part_text(part: object) -> str:
     if isinstance(part, BaseToolCallPart):
         return f"{part.tool_name} {part.args_as_json_str()}"
@@ -515,9 +553,8 @@ def _wrap_up(
     reserve_output = call.estimate.output_tokens
     if reserve_output:
         current = (settings or {}).get("max_tokens")
-        settings = ModelSettings(
-            **(settings or {}),
-            max_tokens=reserve_output if current is None else min(current, reserve_output),
+        settings = _with_max_tokens(
+            settings, reserve_output if current is None else min(current, reserve_output)
         )
     return wrapped_up, settings, replace(parameters, function_tools=[])
 
