@@ -670,7 +670,9 @@ async def test_an_abandoned_stream_is_still_charged(ledger: AsyncLedger) -> None
 # -- sub-agents --------------------------------------------------------------------------------
 
 
-async def test_a_sub_agent_run_is_admitted_as_an_agent_hop(ledger: AsyncLedger) -> None:
+def sub_agent_setup(
+    ledger: AsyncLedger, *, graceful_end: bool
+) -> tuple[Agent[None, str], BudgetCapability, list[str]]:
     async def child_answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         return ModelResponse(parts=[TextPart("child done")], usage=usage(100, 10))
 
@@ -683,7 +685,11 @@ async def test_a_sub_agent_run_is_admitted_as_an_agent_hop(ledger: AsyncLedger) 
         return ModelResponse(parts=[ToolCallPart("delegate", {"task": "t"})], usage=usage())
 
     parent_budget = BudgetCapability(
-        ledger=ledger, path=RUN, limits=[Limit("agent_hops", 2)], pricing=Pricing()
+        ledger=ledger,
+        path=RUN,
+        limits=[Limit("agent_hops", 2)],
+        pricing=Pricing(),
+        graceful_end=graceful_end,
     )
     parent = Agent(FunctionModel(parent_loop, model_name="gpt-4o"), capabilities=[parent_budget])
     delegated: list[str] = []
@@ -695,14 +701,36 @@ async def test_a_sub_agent_run_is_admitted_as_an_agent_hop(ledger: AsyncLedger) 
         return result.output
 
     del delegate
+    return parent, parent_budget, delegated
+
+
+async def test_a_sub_agent_run_is_admitted_as_an_agent_hop(ledger: AsyncLedger) -> None:
+    parent, parent_budget, delegated = sub_agent_setup(ledger, graceful_end=False)
+
     with pytest.raises(BudgetExceeded) as caught:
         await parent.run("delegate forever")
 
-    assert caught.value.dimension == "agent_hops"
+    assert (caught.value.dimension, caught.value.limit) == ("agent_hops", 2)
     assert delegated == ["child done", "child done"]
     report = parent_budget.last_report
     assert report is not None
+    assert report.status == "stopped"
     assert report.usage.agent_hops == 2
+    assert (await spent(ledger, ORG)).agent_hops == 2
+
+
+async def test_a_refused_sub_agent_ends_the_run_gracefully(ledger: AsyncLedger) -> None:
+    parent, parent_budget, delegated = sub_agent_setup(ledger, graceful_end=True)
+
+    result = await parent.run("delegate forever")
+
+    report = parent_budget.last_report
+    assert report is not None
+    assert report.status == "stopped"
+    assert report.stopped_by is not None
+    assert report.stopped_by.dimension == "agent_hops"
+    assert result.output == budget_exhausted_message(report.stopped_by)
+    assert delegated == ["child done", "child done"]
 
 
 # -- construction ------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
-from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.capabilities import AbstractCapability, WrapRunHandler
 from pydantic_ai.exceptions import SkipModelRequest, SkipToolExecution
 from pydantic_ai.messages import (
     BaseToolCallPart,
@@ -73,6 +73,7 @@ from pydantic_ai.models import (
     infer_model,
 )
 from pydantic_ai.models.wrapper import WrapperModel
+from pydantic_ai.run import AgentRunResult
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.tools import RunContext, ToolDefinition
 from pydantic_ai.usage import RequestUsage
@@ -219,7 +220,9 @@ class BudgetCapability(AbstractCapability[Any]):
         run._refusal = None
         return run
 
-    async def wrap_run(self, ctx: RunContext[Any], *, handler: Any) -> Any:
+    async def wrap_run(
+        self, ctx: RunContext[Any], *, handler: WrapRunHandler
+    ) -> AgentRunResult[Any]:
         """Open the run's guard around the run (unless one was given) and mark the run active."""
         parent = _ACTIVE.get()
         if parent is not None and parent is not self and self.count_subagents:
@@ -236,9 +239,9 @@ class BudgetCapability(AbstractCapability[Any]):
                 async with guard:
                     result = await handler()
                     self._check_refusal()
-                    return result
             finally:
                 self.reports.append(guard.report)
+            return result
         finally:
             _ACTIVE.reset(token)
 
@@ -374,6 +377,24 @@ class BudgetCapability(AbstractCapability[Any]):
                 self._refusal = error
             raise SkipToolExecution(budget_exhausted_message(error)) from None
         return args
+
+    async def on_tool_execute_error(
+        self,
+        ctx: RunContext[Any],
+        *,
+        call: ToolCallPart,
+        tool_def: ToolDefinition,
+        args: Any,
+        error: Exception,
+    ) -> Any:
+        """With ``graceful_end``, a ``BudgetExceeded`` raised inside a tool (a refused
+        sub-agent, a nested budget) becomes the tool's result instead of failing the run."""
+        del ctx, call, tool_def, args
+        if not (self.graceful_end and isinstance(error, BudgetExceeded)):
+            raise error
+        if self.guard.exhausted is not None and self._refusal is None:
+            self._refusal = error
+        return budget_exhausted_message(error)
 
     def _check_refusal(self) -> None:
         """Raise mode: a run whose tool call was refused for exhaustion does not end quietly,
