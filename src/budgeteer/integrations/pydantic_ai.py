@@ -197,6 +197,7 @@ class BudgetCapability(AbstractCapability[Any]):
         self.reports: list[RunReport] = []
         self._run_guard: AsyncRunGuard | None = guard
         self._refusal: BudgetExceeded | None = None
+        self._texts = _Texts()
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -218,6 +219,7 @@ class BudgetCapability(AbstractCapability[Any]):
         run = copy.copy(self)  # shares ``reports``, the config and the given guard
         run._run_guard = self._given
         run._refusal = None
+        run._texts = _Texts()
         return run
 
     async def wrap_run(
@@ -278,7 +280,7 @@ class BudgetCapability(AbstractCapability[Any]):
         plan = self.guard.plan_call(
             model.model_name,
             prompt=prompt_messages(
-                request_context.messages, request_context.model_request_parameters
+                request_context.messages, request_context.model_request_parameters, self._texts
             ),
             max_tokens=_max_tokens(request_context.model_settings, model),
             provider=self.provider,
@@ -419,7 +421,7 @@ class _BudgetedModel(WrapperModel):
     ) -> Any:
         return self._budget.guard.model_call(
             self.wrapped.model_name,
-            prompt=prompt_messages(messages, parameters),
+            prompt=prompt_messages(messages, parameters, self._budget._texts),
             max_tokens=_max_tokens(model_settings, self.wrapped),
             provider=self._budget.provider,
         )
@@ -533,20 +535,43 @@ def _tool_text(tool: ToolDefinition) -> str:
     return f"{tool.name} {tool.description or ''} {json.dumps(tool.parameters_json_schema)}"
 
 
+class _Texts:
+    """The text of each message part and tool definition, extracted once per run.
+
+    Every step re-sends the whole history, and rendering tool returns and call arguments as
+    JSON is the costly part of an estimate, so each object's text is kept (with the object, so
+    its ``id`` cannot be reused while the entry lives).
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[object, str]] = {}
+
+    def of(self, item: Any, extract: Callable[[Any], str]) -> str:
+        hit = self._seen.get(id(item))
+        if hit is not None and hit[0] is item:
+            return hit[1]
+        text = extract(item)
+        self._seen[id(item)] = (item, text)
+        return text
+
+
 def prompt_messages(
-    messages: Sequence[ModelMessage], parameters: ModelRequestParameters
+    messages: Sequence[ModelMessage],
+    parameters: ModelRequestParameters,
+    texts: _Texts | None = None,
 ) -> list[dict[str, str]]:
     """What a request sends, as chat messages for ``estimate_prompt_tokens``.
 
     Tool definitions and instructions are counted too: providers bill them as input.
     """
+    seen = texts or _Texts()
     sent: list[dict[str, str]] = [
-        {"content": _tool_text(tool)}
+        {"content": seen.of(tool, _tool_text)}
         for tool in (*parameters.function_tools, *parameters.output_tools)
     ]
     sent.extend({"content": part.content} for part in parameters.instruction_parts or ())
     for message in messages:
-        text = " ".join(_part_text(part) for part in message.parts)
+        text = " ".join(seen.of(part, _part_text) for part in message.parts)
         instructions = getattr(message, "instructions", None)
         if isinstance(instructions, str):
             text = f"{instructions} {text}"
