@@ -74,6 +74,7 @@ def usage(
     *,
     cache_read: int = 0,
     cache_write: int = 0,
+    cache_write_1h: int = 0,
     reasoning: int = 0,
 ) -> RequestUsage:
     return RequestUsage(
@@ -81,6 +82,7 @@ def usage(
         output_tokens=output_tokens,
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
+        cache_write_1h_tokens=cache_write_1h,
         output_reasoning_tokens=reasoning,
     )
 
@@ -92,6 +94,7 @@ def genai_cost(model: str, provider: str, reported: RequestUsage) -> Decimal:
             input_tokens=reported.input_tokens,
             cache_read_tokens=reported.cache_read_tokens,
             cache_write_tokens=reported.cache_write_tokens,
+            cache_write_1h_tokens=reported.cache_write_1h_tokens,
             output_tokens=reported.output_tokens,
         ),
         model_ref=model,
@@ -256,6 +259,15 @@ async def test_an_open_guard_is_shared_by_the_runs_it_covers(ledger: AsyncLedger
                 usage(12_500, 350, cache_read=10_000, cache_write=500),
             ],
             id="anthropic-cache-read-and-write",
+        ),
+        pytest.param(
+            "claude-sonnet-4",
+            "anthropic",
+            [
+                usage(12_000, 400, cache_write=10_000, cache_write_1h=4000),
+                usage(12_500, 350, cache_read=10_000, cache_write=500, cache_write_1h=500),
+            ],
+            id="anthropic-one-hour-cache-writes",
         ),
         pytest.param(
             "gpt-4o",
@@ -665,6 +677,39 @@ async def test_an_abandoned_stream_is_still_charged(ledger: AsyncLedger) -> None
     assert scope.used.cost_usd is not None
     assert scope.used.cost_usd > 0
     assert scope.held.requests == 0
+
+
+@pytest.mark.parametrize("graceful_end", [False, True])
+async def test_a_streamed_request_is_refused_before_it_opens(
+    ledger: AsyncLedger, graceful_end: bool
+) -> None:
+    opened: list[int] = []
+
+    async def stream(
+        messages: list[ModelMessage], info: AgentInfo
+    ) -> AsyncIterator[str | DeltaToolCalls]:
+        opened.append(1)
+        yield "streamed answer"
+
+    model = FunctionModel(stream_function=stream, model_name="gpt-4o")
+    async with AsyncRunGuard(
+        ledger, "org:acme/session:s2", limits=[Limit("requests", 1)], pricing=Pricing()
+    ) as guard:
+        agent = Agent(model, capabilities=[BudgetCapability(guard, graceful_end=graceful_end)])
+        async with agent.run_stream("first") as run:
+            assert await run.get_output() == "streamed answer"
+        if graceful_end:
+            async with agent.run_stream("second") as run:
+                output = await run.get_output()
+            assert guard.exhausted is not None
+            assert output == budget_exhausted_message(guard.exhausted)
+        else:
+            with pytest.raises(BudgetExceeded) as caught:
+                async with agent.run_stream("second") as run:
+                    await run.get_output()
+            assert (caught.value.dimension, caught.value.limit) == ("requests", 1)
+    assert opened == [1]  # the second stream was never opened
+    assert guard.report.status == "stopped"
 
 
 # -- sub-agents --------------------------------------------------------------------------------
