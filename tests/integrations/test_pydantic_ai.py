@@ -20,7 +20,8 @@ from genai_prices import Usage as GenaiUsage
 from genai_prices import calc_price
 from pydantic import BaseModel
 from pydantic_ai import Agent
-from pydantic_ai.exceptions import UsageLimitExceeded
+from pydantic_ai.capabilities import ModelFallback
+from pydantic_ai.exceptions import ModelHTTPError, UsageLimitExceeded
 from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
@@ -30,6 +31,7 @@ from pydantic_ai.messages import (
     ToolReturnPart,
     UserPromptPart,
 )
+from pydantic_ai.models.fallback import FallbackModel
 from pydantic_ai.models.function import AgentInfo, DeltaToolCalls, FunctionModel
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import RequestUsage, UsageLimits
@@ -332,6 +334,43 @@ async def test_a_response_without_usage_is_charged_its_estimate_not_zero(
     assert used.output_tokens == 50  # the reserved max_tokens, committed as the estimate
     assert used.cost_usd is not None
     assert used.cost_usd > 0
+
+
+@pytest.mark.parametrize("style", ["ModelFallback capability", "FallbackModel"])
+async def test_each_fallback_attempt_is_admitted_and_only_the_answer_is_charged(
+    ledger: AsyncLedger, style: str
+) -> None:
+    tried: list[str] = []
+
+    async def down(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        tried.append("gpt-4o")
+        raise ModelHTTPError(503, "gpt-4o", "unavailable")
+
+    reported = usage(800, 60)
+
+    async def up(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        tried.append("gpt-4o-mini")
+        return ModelResponse(parts=[TextPart("ok")], usage=reported)
+
+    primary = FunctionModel(down, model_name="gpt-4o")
+    backup = FunctionModel(up, model_name="gpt-4o-mini")
+    budget = BudgetCapability(ledger=ledger, path=RUN, pricing=Pricing())
+    if style == "FallbackModel":
+        agent = Agent(FallbackModel(primary, backup), capabilities=[budget])
+    else:
+        agent = Agent(primary, capabilities=[ModelFallback(backup), budget])
+
+    result = await agent.run("hello")
+
+    assert result.output == "ok"
+    assert tried == ["gpt-4o", "gpt-4o-mini"]
+    report = budget.last_report
+    assert report is not None
+    assert report.models == {"gpt-4o-mini": 1}
+    assert report.cost_usd == genai_cost("gpt-4o-mini", "openai", reported)
+    scope = await ledger.usage(ORG)
+    assert scope.used.requests == 1  # the failed attempt's hold was released
+    assert scope.held.requests == 0
 
 
 # -- beside UsageLimits ------------------------------------------------------------------------

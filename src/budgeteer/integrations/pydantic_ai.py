@@ -21,10 +21,12 @@ Pydantic AI's capability hooks used, and what each does:
   request. It asks the guard's ``plan_call`` and applies the plan: the downgrade model, the
   clamped ``max_tokens`` in the request's model settings, no function tools once tools are
   stopped, and the end of the run once the budget is exhausted.
-* ``get_wrapper_model`` (every attempt, so fallbacks and retries are each charged): admits the
-  request with the final messages and settings *before* it is sent (an estimate from the
-  prompt and ``max_tokens``, priced), then settles the ``RequestUsage`` Pydantic AI reports. A
-  streamed response is settled when its stream closes, also when the consumer stops early.
+* ``get_wrapper_model`` (every attempt, so each fallback or retry attempt is admitted on its
+  own): admits the request with the final messages and settings *before* it is sent (an
+  estimate from the prompt, the tool definitions and ``max_tokens``, priced), then settles the
+  ``RequestUsage`` Pydantic AI reports, priced for the model the response names. An attempt that
+  fails releases its hold. A streamed response is settled when its stream closes, also when the
+  consumer stops early (from the text generated if the provider had not reported usage yet).
 * ``before_tool_execute``: admits each tool call (``tool_calls`` caps and ``stop_tools``).
 
 Refusals raise ``budgeteer.BudgetExceeded``. With ``graceful_end=True`` the run instead ends
@@ -72,6 +74,7 @@ from pydantic_ai.models import (
     StreamedResponse,
     infer_model,
 )
+from pydantic_ai.models.fallback import FallbackModel
 from pydantic_ai.models.wrapper import WrapperModel
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.settings import ModelSettings
@@ -278,7 +281,7 @@ class BudgetCapability(AbstractCapability[Any]):
         del ctx
         model = request_context.model
         plan = self.guard.plan_call(
-            model.model_name,
+            _priced_name(model),
             prompt=prompt_messages(
                 request_context.messages, request_context.model_request_parameters, self._texts
             ),
@@ -296,10 +299,10 @@ class BudgetCapability(AbstractCapability[Any]):
             error = self.guard.exhausted
             if error is not None:
                 raise SkipModelRequest(
-                    self.refused(error, request_context.model_request_parameters, model.model_name)
+                    self._refused(error, request_context.model_request_parameters, model.model_name)
                 )
         changed = replace(request_context)
-        if plan.model is not None and plan.model != model.model_name:
+        if plan.model is not None and plan.model != _priced_name(model):
             changed.model = self._model_named(plan.model, model)
             logger.info("budget: request moved from %s to %s", model.model_name, plan.model)
         wanted = _max_tokens(request_context.model_settings, model)
@@ -315,15 +318,17 @@ class BudgetCapability(AbstractCapability[Any]):
 
     def _model_named(self, name: str, current: Model) -> Model:
         found = self._models.get(name)
-        if found is not None:
-            return found
-        return infer_model(name if ":" in name else f"{current.system}:{name}")
+        if found is None:
+            # Built once and kept (copies per run share this dict): a model owns its client.
+            found = infer_model(name if ":" in name else f"{current.system}:{name}")
+            self._models[name] = found
+        return found
 
     def get_wrapper_model(self, model: Model) -> Model | None:
         """Wrap every attempt's model so each request is admitted and settled."""
         return _BudgetedModel(model, self)
 
-    def refused(
+    def _refused(
         self, error: BudgetExceeded, parameters: ModelRequestParameters, model_name: str | None
     ) -> ModelResponse:
         """Raise ``error``, or with ``graceful_end`` return the response that ends the run."""
@@ -333,7 +338,7 @@ class BudgetCapability(AbstractCapability[Any]):
             parts=[TextPart(budget_exhausted_message(error))], model_name=model_name
         )
 
-    async def settle(
+    async def _settle(
         self, call: AsyncModelCall, usage: RequestUsage, model_name: str | None
     ) -> None:
         """Commit a response's reported usage, normalised and priced once."""
@@ -420,7 +425,7 @@ class _BudgetedModel(WrapperModel):
         parameters: ModelRequestParameters,
     ) -> Any:
         return self._budget.guard.model_call(
-            self.wrapped.model_name,
+            _priced_name(self.wrapped),
             prompt=prompt_messages(messages, parameters, self._budget._texts),
             max_tokens=_max_tokens(model_settings, self.wrapped),
             provider=self._budget.provider,
@@ -439,7 +444,7 @@ class _BudgetedModel(WrapperModel):
                     self._admission(messages, model_settings, model_request_parameters)
                 )
             except BudgetExceeded as error:
-                return budget.refused(error, model_request_parameters, self.wrapped.model_name)
+                return budget._refused(error, model_request_parameters, self.wrapped.model_name)
             if call.final:
                 messages, model_settings, model_request_parameters = _wrap_up(
                     call, messages, model_settings, model_request_parameters
@@ -447,7 +452,7 @@ class _BudgetedModel(WrapperModel):
             response = await self.wrapped.request(
                 messages, model_settings, model_request_parameters
             )
-            await budget.settle(call, response.usage, response.model_name)
+            await budget._settle(call, response.usage, response.model_name)
             return response
 
     @asynccontextmanager
@@ -465,7 +470,7 @@ class _BudgetedModel(WrapperModel):
                     self._admission(messages, model_settings, model_request_parameters)
                 )
             except BudgetExceeded as error:
-                response = budget.refused(error, model_request_parameters, self.wrapped.model_name)
+                response = budget._refused(error, model_request_parameters, self.wrapped.model_name)
                 yield CompletedStreamedResponse(
                     response, model_request_parameters=model_request_parameters, replay_events=True
                 )
@@ -481,12 +486,21 @@ class _BudgetedModel(WrapperModel):
                     yield stream
                 finally:
                     # Also when the consumer stopped early: what was generated is charged.
-                    await budget.settle(
+                    await budget._settle(
                         call, _streamed_usage(stream, call), stream.model_name or None
                     )
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def _priced_name(model: Model) -> str:
+    """The model name a request is estimated at. A ``FallbackModel`` (wrapped as a whole) is
+    estimated at its first model's price; its response names the model that served it, and
+    that is what is settled."""
+    if isinstance(model, FallbackModel) and model.models:
+        return _priced_name(model.models[0])
+    return model.model_name
 
 
 def _max_tokens(settings: ModelSettings | None, model: Model) -> int | None:
