@@ -552,11 +552,14 @@ async def test_a_cancelled_model_call_is_charged_its_estimate(
 
 def test_middleware_ends_gracefully_at_the_tool_cap(ledger: Ledger) -> None:
     tools = Tools()
+    model = scripted()
     with RunGuard(ledger, PATH, limits=[Limit("tool_calls", 3)], pricing=Pricing()) as run:
-        agent = create_agent(scripted(), [tools.search], middleware=[BudgetMiddleware(run)])
+        agent = create_agent(model, [tools.search], middleware=[BudgetMiddleware(run)])
         result = agent.invoke({"messages": [HumanMessage("go")]})
     final = last(result)
     assert not final.tool_calls
+    # before_model jumped to the end: no model call after the refused tool call.
+    assert len(model.calls) == run.report.usage.requests == 4
     fields = final.response_metadata[EXHAUSTED_KEY]
     assert (fields["scope"], fields["dimension"], fields["limit"]) == (PATH, "tool_calls", "3")
     assert fields["summary"] is False
