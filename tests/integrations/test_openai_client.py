@@ -335,6 +335,21 @@ def test_an_abandoned_stream_is_charged_for_what_it_generated(
     assert guard.usage.cost_usd > 0
 
 
+def test_a_stream_closed_after_its_finish_reason_reads_on_to_the_usage(
+    ledger: Ledger, provider: Provider
+) -> None:
+    with RunGuard(ledger, PATH, pricing=Pricing()) as guard:
+        client = wrap_openai(sync_client(provider), guard)
+        with client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "x"}], stream=True
+        ) as stream:
+            for chunk in stream:
+                if chunk.choices[0].finish_reason:
+                    break  # the usual loop: stop at the finish, before the usage chunk
+    assert guard.usage.cost_usd == genai_price("gpt-4o", STREAM_USAGE)  # exact, not estimated
+    assert guard.usage.output_tokens == 21
+
+
 def test_a_stream_dropped_without_close_is_charged_when_collected(
     ledger: Ledger, provider: Provider
 ) -> None:

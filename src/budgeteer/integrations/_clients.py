@@ -264,6 +264,9 @@ class StreamMeter:
     """The provider's complete usage, once it arrived."""
     partial: dict[str, Any] = field(default_factory=dict)
     """Provider-specific running state (Anthropic's usage fields so far)."""
+    generation_done: bool = False
+    """The text is complete and only the usage report is still to come (OpenAI chat: a
+    ``finish_reason`` was seen): closing the stream reads on to it instead of estimating."""
 
     def saw_text(self, text: object) -> None:
         """One streamed piece of generated text (content, tool arguments, reasoning summary)."""
@@ -435,6 +438,10 @@ def _parsed(result: object, *, stream: bool) -> object:
 # -- metered streams ------------------------------------------------------------------------------
 
 
+_DRAIN_EVENTS = 8
+"""At most this many events are read on close to reach a usage report that is due."""
+
+
 class _StreamBase:
     """State shared by the sync and async metered streams."""
 
@@ -517,9 +524,23 @@ class MeteredStream(_StreamBase):
     def close(self) -> None:
         """Close the HTTP response and charge what was generated."""
         try:
+            self._drain()
             self._inner.close()
         finally:
             self._finish()
+
+    def _drain(self) -> None:
+        meter = self._meter
+        for _ in range(_DRAIN_EVENTS):
+            if self._finished or meter.reported is not None or not meter.generation_done:
+                return
+            try:
+                self._observe(next(self._inner))
+            except StopIteration:
+                return
+            except Exception:
+                logger.debug("stream broke before its usage report; estimating", exc_info=True)
+                return
 
     def __del__(self) -> None:
         if not getattr(self, "_finished", True):
@@ -592,9 +613,23 @@ class AsyncMeteredStream(_StreamBase):
     async def close(self) -> None:
         """Close the HTTP response and charge what was generated."""
         try:
+            await self._drain()
             await self._inner.close()
         finally:
             await asyncio.shield(self._finish())
+
+    async def _drain(self) -> None:
+        meter = self._meter
+        for _ in range(_DRAIN_EVENTS):
+            if self._finished or meter.reported is not None or not meter.generation_done:
+                return
+            try:
+                self._observe(await self._inner.__anext__())
+            except StopAsyncIteration:
+                return
+            except Exception:
+                logger.debug("stream broke before its usage report; estimating", exc_info=True)
+                return
 
     def __del__(self) -> None:
         # Garbage without close(): charge from the running loop, if there is one. Without a

@@ -95,6 +95,8 @@ class ChatCompletions(_ToolChoiceNone):
 
     def observe(self, meter: StreamMeter, event: object) -> bool:
         for choice in getattr(event, "choices", None) or ():
+            if getattr(choice, "finish_reason", None):
+                meter.generation_done = True
             delta = getattr(choice, "delta", None)
             if delta is None:
                 continue
