@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -403,3 +405,28 @@ async def test_an_async_stream_dropped_without_close_is_charged(provider: Provid
         used = (await ledger.usage(PATH)).used
         assert (used.requests, used.input_tokens, used.output_tokens) == (1, 36 + 2048, 1)
     await ledger.close()
+
+
+# -- the example ---------------------------------------------------------------------------------
+
+
+def test_the_example_runs_offline_and_ends_with_a_summary(tmp_path: Path) -> None:
+    example = Path(__file__).parents[2] / "examples" / "anthropic_client_budget.py"
+    url = f"sqlite:///{tmp_path / 'budgets.db'}"
+    out = subprocess.run(
+        [sys.executable, str(example), "--ledger", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.splitlines()
+    calls = [line for line in out if line.startswith("call ")]
+    status = dict(field.split("=") for field in out[-2].split())
+    assert status == {"status": "stopped", "wrapped_up": "True", "calls": str(len(calls))}
+    assert out[-3].startswith("final answer: Summary:")
+    with Ledger(url) as ledger:
+        used = ledger.usage("org:acme/run:demo").used
+    assert used.cost_usd is not None
+    assert Decimal(out[-1].split()[0].removeprefix("cost=$")) == used.cost_usd
+    assert used.requests == len(calls)
+    assert used.cost_usd <= Decimal("0.01")

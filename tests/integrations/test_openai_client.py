@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -624,3 +626,29 @@ async def test_async_stream_cut_and_responses(provider: Provider) -> None:
     assert guard.usage.cost_usd == Pricing().price(
         "gpt-4o", Usage(input_tokens=estimate_prompt_tokens(["x"]), output_tokens=7)
     ).cost_usd + genai_price("o4-mini", RESPONSE_USAGE)
+
+
+# -- the example ---------------------------------------------------------------------------------
+
+
+def test_the_example_runs_offline_and_stops_at_the_cap(tmp_path: Path) -> None:
+    example = Path(__file__).parents[2] / "examples" / "openai_client_budget.py"
+    url = f"sqlite:///{tmp_path / 'budgets.db'}"
+    out = subprocess.run(
+        [sys.executable, str(example), "--ledger", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.splitlines()
+    calls = [line for line in out if line.startswith("call ")]
+    status = dict(field.split("=") for field in out[-2].split())
+    assert status["status"] == "stopped"
+    assert int(status["calls"]) == len(calls) == 4
+    assert any(line.startswith("stopped before call 5: cost_usd") for line in out)
+    with Ledger(url) as ledger:
+        used = ledger.usage("org:acme/run:demo").used
+    assert used.cost_usd is not None
+    assert Decimal(status["cost"].removeprefix("$")) == used.cost_usd
+    assert used.cost_usd <= Decimal("0.01")
+    assert used.requests == 4
