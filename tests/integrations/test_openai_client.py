@@ -20,6 +20,7 @@ from budgeteer import (
     AsyncRunGuard,
     BudgetExceeded,
     Degrade,
+    Grant,
     InvalidInput,
     Ledger,
     Limit,
@@ -253,7 +254,11 @@ def test_the_admission_estimate_is_reserved_before_the_request(
         )
         client.responses.create(model="gpt-4o", input="hi", max_output_tokens=200)
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
-    assert seen_holds == [300, 200, 4096]  # the guard's default when no cap is sent
+        client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=100, n=3
+        )
+    # The guard's default when no cap is sent; n completions of up to max_tokens each.
+    assert seen_holds == [300, 200, 4096, 300]
     assert ledger.usage(PATH).held.output_tokens == 0
 
 
@@ -546,6 +551,33 @@ def test_summary_mode_runs_one_wrap_up_call_within_the_reserve(
     assert "budget" in wrap_up["messages"][-1]["content"]
     assert guard.report.wrapped_up
     assert caught.value.dimension == "requests"  # the call after the wrap-up is refused
+
+
+def test_escalation_grants_more_budget_and_the_call_goes_through(
+    ledger: Ledger, provider: Provider
+) -> None:
+    asked: list[BudgetExceeded] = []
+
+    def escalate(error: BudgetExceeded) -> Grant | None:
+        asked.append(error)
+        return Grant(amount=1, reason="one more call approved") if len(asked) == 1 else None
+
+    policy = Policy(on_exhausted="escalate", escalate=escalate, clamp_max_tokens=False)
+    with pytest.raises(BudgetExceeded) as caught:
+        with RunGuard(
+            ledger, PATH, limits=[Limit("requests", 2)], pricing=Pricing(), policy=policy
+        ) as guard:
+            client = wrap_openai(sync_client(provider), guard)
+            while True:
+                client.chat.completions.create(
+                    model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+                )
+    assert len(provider.model_requests("/chat/completions")) == 3  # 2 + the granted one
+    assert [(g.dimension, g.amount, g.new_limit) for g in guard.report.grants] == [
+        ("requests", 1, 3)
+    ]
+    assert caught.value.limit == 3
+    assert len(asked) == 2
 
 
 # -- async --------------------------------------------------------------------------------------

@@ -94,6 +94,8 @@ class Endpoint(Protocol):
     provider: str
     cap_keys: tuple[str, ...]
     """Body keys of the output cap; the first is written when the body has none."""
+    choices_key: str | None
+    """Body key of the number of completions generated (each up to the cap), if any."""
 
     def prompt(self, body: Mapping[str, Any]) -> list[object]:
         """The prompt as a list of message texts, for the admission estimate."""
@@ -158,10 +160,17 @@ class ShapedRequest:
     prompt: list[object]
     cap_key: str
     max_tokens: int | None
-    """The output cap the body sends (``None``: the provider's default)."""
+    """The output cap the body sends, per completion (``None``: the provider's default)."""
+    choices: int = 1
+    """Completions generated (OpenAI's ``n``), each up to ``max_tokens``."""
     hide_usage_chunk: bool = False
     """We turned on OpenAI's ``include_usage``: keep its extra chunk from the caller."""
     final: bool = False
+
+    @property
+    def output_cap(self) -> int | None:
+        """The most output tokens the provider may generate for the whole request."""
+        return None if self.max_tokens is None else self.max_tokens * self.choices
 
 
 def shape_request(
@@ -192,15 +201,24 @@ def shape_request(
     cap_key = next((key for key in endpoint.cap_keys if key in shaped), endpoint.cap_keys[0])
     cap = shaped.get(cap_key)
     max_tokens = cap if isinstance(cap, int) and not isinstance(cap, bool) else None
+    n = shaped.get(endpoint.choices_key) if endpoint.choices_key else None
+    choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
     prompt = endpoint.prompt(shaped)
-    plan = guard.plan_call(model, prompt=prompt, max_tokens=max_tokens, provider=endpoint.provider)
+    plan = guard.plan_call(
+        model,
+        prompt=prompt,
+        max_tokens=None if max_tokens is None else max_tokens * choices,
+        provider=endpoint.provider,
+    )
     if plan.exhausted and guard.exhausted is not None:
         raise guard.exhausted
     if plan.model and plan.model != model:
         shaped["model"] = model = plan.model
-    if plan.max_tokens is not None and plan.max_tokens != max_tokens:
-        shaped[cap_key] = max_tokens = plan.max_tokens
-    request = ShapedRequest(shaped, model, prompt, cap_key, max_tokens)
+    if plan.max_tokens is not None:
+        planned = max(plan.max_tokens // choices, 1)
+        if planned != max_tokens:
+            shaped[cap_key] = max_tokens = planned
+    request = ShapedRequest(shaped, model, prompt, cap_key, max_tokens, choices)
     if stream:
         request.hide_usage_chunk = endpoint.prepare_stream(shaped)
     if not plan.tools_allowed:
@@ -220,8 +238,9 @@ def _make_final(
     endpoint.no_tools(request.body)
     if prompt:
         endpoint.wrap_up(request.body, prompt)
-    if reserve_output and (request.max_tokens is None or request.max_tokens > reserve_output):
-        request.body[request.cap_key] = request.max_tokens = reserve_output
+    per_choice = max(reserve_output // request.choices, 1) if reserve_output else None
+    if per_choice and (request.max_tokens is None or request.max_tokens > per_choice):
+        request.body[request.cap_key] = request.max_tokens = per_choice
 
 
 def _pricing(guard: RunGuard | AsyncRunGuard) -> Pricing | None:
@@ -342,7 +361,7 @@ class _Admission:
             )
 
     def meter(self, call: ModelCall | AsyncModelCall) -> StreamMeter:
-        return StreamMeter(call.estimate, self.request.max_tokens)
+        return StreamMeter(call.estimate, self.request.output_cap)
 
     def usage(self, reported: Reported) -> Usage:
         return _priced(self.guard, self.request.model, self.endpoint.provider, reported)
@@ -367,7 +386,7 @@ def send_sync(
     request = shape_request(guard, endpoint, body, stream=stream, wrap_up_prompt=wrap_up_prompt)
     admission = _Admission(guard, endpoint, request, wrap_up_prompt)
     context = guard.model_call(
-        request.model, prompt=request.prompt, max_tokens=request.max_tokens,
+        request.model, prompt=request.prompt, max_tokens=request.output_cap,
         provider=endpoint.provider,
     )  # fmt: skip
     call = context.__enter__()
@@ -403,7 +422,7 @@ async def send_async(
     request = shape_request(guard, endpoint, body, stream=stream, wrap_up_prompt=wrap_up_prompt)
     admission = _Admission(guard, endpoint, request, wrap_up_prompt)
     context = guard.model_call(
-        request.model, prompt=request.prompt, max_tokens=request.max_tokens,
+        request.model, prompt=request.prompt, max_tokens=request.output_cap,
         provider=endpoint.provider,
     )  # fmt: skip
     call = await context.__aenter__()

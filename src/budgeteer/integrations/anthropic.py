@@ -80,6 +80,7 @@ class Messages:
     """``POST /v1/messages`` (and the beta messages, which share the path)."""
 
     cap_keys: tuple[str, ...] = ("max_tokens",)
+    choices_key: str | None = None
 
     def __init__(self, provider: str) -> None:
         self.provider = provider

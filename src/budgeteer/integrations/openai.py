@@ -70,6 +70,7 @@ class ChatCompletions(_ToolChoiceNone):
     """``POST /chat/completions``."""
 
     cap_keys: tuple[str, ...] = ("max_completion_tokens", "max_tokens")
+    choices_key: str | None = "n"
 
     def __init__(self, provider: str) -> None:
         self.provider = provider
@@ -115,6 +116,7 @@ class Responses(_ToolChoiceNone):
     """``POST /responses``."""
 
     cap_keys: tuple[str, ...] = ("max_output_tokens",)
+    choices_key: str | None = None
 
     def __init__(self, provider: str) -> None:
         self.provider = provider
