@@ -458,6 +458,17 @@ def test_the_wrapped_client_is_still_an_openai_client(ledger: Ledger, provider: 
     assert len(provider.sent) == 3
 
 
+def test_raw_responses_are_metered(ledger: Ledger, provider: Provider) -> None:
+    with RunGuard(ledger, PATH, pricing=Pricing()) as guard:
+        client = wrap_openai(sync_client(provider), guard)
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-5-mini", messages=[{"role": "user", "content": "x"}]
+        )
+        assert raw.http_response.status_code == 200
+        assert raw.parse().usage is not None  # still parses for the caller
+    assert guard.usage.cost_usd == genai_price("gpt-5-mini", CHAT_USAGE)
+
+
 def test_the_guard_must_match_the_client(ledger: Ledger, provider: Provider) -> None:
     async_ledger = open_async_ledger("memory", Path())
     with pytest.raises(InvalidInput) as caught:
@@ -532,7 +543,12 @@ def test_summary_mode_runs_one_wrap_up_call_within_the_reserve(
     ledger: Ledger, provider: Provider
 ) -> None:
     reserve = Usage(input_tokens=2000, output_tokens=300, requests=1)
-    policy = Policy(on_exhausted="summary", summary_reserve=reserve, clamp_max_tokens=False)
+    policy = Policy(
+        on_exhausted="summary",
+        summary_reserve=reserve,
+        summary_model="gpt-4o-mini",
+        clamp_max_tokens=False,
+    )
     limits = [Limit("requests", 4)]  # three calls, plus the reserve's one
     with pytest.raises(BudgetExceeded) as caught:
         with RunGuard(ledger, PATH, limits=limits, pricing=Pricing(), policy=policy) as guard:
@@ -547,6 +563,8 @@ def test_summary_mode_runs_one_wrap_up_call_within_the_reserve(
     wrap_up = sent[-1].body
     assert wrap_up["tool_choice"] == "none"
     assert wrap_up["max_tokens"] == 300  # within the reserve
+    assert wrap_up["model"] == "gpt-4o-mini"  # the model the reserve was priced for
+    assert dict(guard.report.models) == {"gpt-4o": 3, "gpt-4o-mini": 1}
     assert wrap_up["messages"][-1]["role"] == "user"
     assert "budget" in wrap_up["messages"][-1]["content"]
     assert guard.report.wrapped_up

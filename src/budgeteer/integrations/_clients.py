@@ -244,7 +244,8 @@ def _make_final(
 
 
 def _pricing(guard: RunGuard | AsyncRunGuard) -> Pricing | None:
-    # ModelCall.settle has no ``cache_write_1h_tokens``; price one-hour cache writes here.
+    # ModelCall.settle has no ``cache_write_1h_tokens``; one-hour cache writes are priced here,
+    # with the guard's own Pricing (read from its private state until the guard exposes it).
     return guard._state.pricing
 
 
@@ -354,11 +355,19 @@ class _Admission:
         self.done = False
 
     def admitted(self, call: ModelCall | AsyncModelCall) -> None:
-        if call.final:
-            # Admitted under the summary reserve (the budget ran out at this very call).
+        if call.final and not self.request.final:
+            # Admitted under the summary reserve (the budget ran out at this very call): the
+            # reserve was priced for the policy's summary model, so send that one.
+            policy = self.guard._state.policy
+            if policy is not None and policy.summary_model:
+                self.request.body["model"] = self.request.model = policy.summary_model
             _make_final(
                 self.request, self.endpoint, call.estimate.output_tokens, self.wrap_up_prompt
             )
+
+    def settle_args(self, reported: Reported) -> dict[str, Any]:
+        """Priced for the model actually sent (a wrap-up call may have switched it)."""
+        return {"model": self.request.model, "service_tier": reported.service_tier}
 
     def meter(self, call: ModelCall | AsyncModelCall) -> StreamMeter:
         return StreamMeter(call.estimate, self.request.output_cap)
@@ -401,7 +410,7 @@ def send_sync(
     try:
         reported = endpoint.reported(_parsed(result, stream=stream))
         if reported is not None:
-            call.settle(admission.usage(reported), service_tier=reported.service_tier)
+            call.settle(admission.usage(reported), **admission.settle_args(reported))
     except BaseException:
         context.__exit__(*_exc_info())
         raise
@@ -437,7 +446,7 @@ async def send_async(
     try:
         reported = endpoint.reported(_parsed(result, stream=stream))
         if reported is not None:
-            await call.settle(admission.usage(reported), service_tier=reported.service_tier)
+            await call.settle(admission.usage(reported), **admission.settle_args(reported))
     except BaseException:
         await context.__aexit__(*_exc_info())
         raise
@@ -571,7 +580,9 @@ class MeteredStream(_StreamBase):
     def _settle(self) -> None:
         if self._call.settled is None:
             reported = self._meter.charge()
-            self._call.settle(self._admission.usage(reported), service_tier=reported.service_tier)
+            self._call.settle(
+                self._admission.usage(reported), **self._admission.settle_args(reported)
+            )
 
     def _finish(self) -> None:
         if self._finished:
@@ -667,7 +678,7 @@ class AsyncMeteredStream(_StreamBase):
         if self._call.settled is None:
             reported = self._meter.charge()
             await self._call.settle(
-                self._admission.usage(reported), service_tier=reported.service_tier
+                self._admission.usage(reported), **self._admission.settle_args(reported)
             )
 
     async def _finish(self) -> None:
