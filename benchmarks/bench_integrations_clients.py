@@ -25,6 +25,7 @@ import httpx2
 import openai
 
 from budgeteer import Ledger, Limit, Pricing, RunGuard
+from budgeteer.integrations import usage_from_openai
 from budgeteer.integrations.openai import wrap_openai
 
 PATH = "org:acme/team:search/engineer:e17/session:7f3c"
@@ -77,6 +78,24 @@ def wrapped(url: str, calls: int, *, stream: bool) -> float:
             return run_calls(wrap_openai(raw_client(), run), calls, stream=stream)
 
 
+def by_hand(url: str, calls: int) -> float:
+    """The same calls under a RunGuard used by hand: model_call + settle around the raw client."""
+    with Ledger(url) as ledger:
+        scopes = PATH.split("/")
+        for depth in range(1, len(scopes) + 1):
+            ledger.set_limit("/".join(scopes[:depth]), Limit("cost_usd", "1000000"))
+        with RunGuard(ledger, PATH, pricing=Pricing()) as run:
+            client = raw_client()
+            started = CLOCK()
+            for _ in range(calls):
+                with run.model_call("gpt-4o", prompt=MESSAGES, max_tokens=256) as call:
+                    reply_ = client.chat.completions.create(
+                        model="gpt-4o", messages=MESSAGES, max_completion_tokens=256
+                    )
+                    call.settle(usage_from_openai(reply_.usage))
+            return (CLOCK() - started) / calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=500, help="calls per case per round")
@@ -97,6 +116,7 @@ def main() -> None:
                 ("chat.completions.create, no budgeteer", lambda n: bare(n, stream=False)),
                 ("  wrap_openai, memory://", lambda n: wrapped("memory://", n, stream=False)),
                 ("  wrap_openai, sqlite (4-level path)", lambda n: wrapped(db, n, stream=False)),
+                ("  RunGuard by hand, sqlite (4-level path)", lambda n: by_hand(db, n)),
             ],
             [
                 ("stream=True (23 chunks), no budgeteer", lambda n: bare(n, stream=True)),
