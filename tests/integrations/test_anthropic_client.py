@@ -312,6 +312,20 @@ def test_summary_mode_wraps_up_within_the_reserve(ledger: Ledger, provider: Prov
     assert guard.report.status == "stopped"
 
 
+def test_messages_given_as_an_iterator_are_estimated_and_still_sent(
+    ledger: Ledger, provider: Provider
+) -> None:
+    with RunGuard(ledger, PATH, pricing=Pricing()) as guard:
+        client = wrap_anthropic(sync_client(provider), guard)
+        turns = ({"role": "user", "content": text} for text in ("one", "two"))
+        client.messages.create(model=MODEL, max_tokens=64, messages=turns)
+    assert provider.sent[0].body["messages"] == [
+        {"role": "user", "content": "one"},
+        {"role": "user", "content": "two"},
+    ]
+    assert "system" not in provider.sent[0].body  # the SDK's omitted values stay omitted
+
+
 def test_other_endpoints_pass_through(ledger: Ledger, provider: Provider) -> None:
     with RunGuard(ledger, PATH, pricing=Pricing()) as guard:
         client = wrap_anthropic(sync_client(provider), guard)

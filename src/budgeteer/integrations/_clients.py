@@ -116,9 +116,14 @@ class Endpoint(Protocol):
         """Account for one stream event; False if the caller should not see it."""
 
 
+def is_sentinel(value: object) -> bool:
+    """True for the SDKs' "not given" sentinels (``NotGiven``, ``Omit``): the SDK drops them."""
+    return type(value).__name__ in {"NotGiven", "Omit"}
+
+
 def given(value: object) -> bool:
-    """False for the SDKs' "not given" sentinels (``NotGiven``, ``Omit``) and ``None``."""
-    return value is not None and type(value).__name__ not in {"NotGiven", "Omit"}
+    """False for the SDKs' "not given" sentinels and ``None``."""
+    return value is not None and not is_sentinel(value)
 
 
 def text_of(value: object) -> str:
@@ -191,7 +196,7 @@ def shape_request(
         BudgetExceeded: the run is exhausted (a refusal in raise mode, or the wrap-up call of
             summary mode was spent): nothing more may be sent.
     """
-    shaped = {key: value for key, value in body.items() if given(value)}
+    shaped = {key: value for key, value in body.items() if not is_sentinel(value)}
     for key in ("messages", "input"):
         value = shaped.get(key)
         if value is not None and not isinstance(value, str | list):
