@@ -636,3 +636,81 @@ def test_the_example_runs_offline_and_reports_the_stop(tmp_path: Path) -> None:
     assert lines["graceful status"] == "stopped"
     assert lines["graceful models"] == "{'gpt-4o': 2, 'gpt-4o-mini': 2}"
     assert lines["graceful final output"].startswith("Budget exhausted")
+
+
+# -- streaming and the prompt estimate -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("routed", [False, True])
+async def test_streamed_runs_are_admitted_and_settled_alike(
+    ledger: AsyncLedger, searches: Searches, routed: bool
+) -> None:
+    model = ScriptedModel(tool_steps(10))
+    agent = Agent(name="streamer", model="gpt-4o" if routed else model, tools=[searches.tool])
+    guard = BudgetGuard(ledger, "run:stream", max_requests=3, model="gpt-4o")
+    config = guard.run_config(RunConfig(model_provider=ScriptedProvider(gpt_4o=model)))
+
+    result = Runner.run_streamed(
+        agent, "go", hooks=guard, max_turns=100, run_config=config if routed else None
+    )
+    with pytest.raises(BudgetExceeded) as caught:
+        async for _ in result.stream_events():
+            pass
+
+    assert (caught.value.dimension, caught.value.limit) == ("requests", 3)
+    assert len(model.calls) == 3
+    assert all(call.streamed for call in model.calls)
+    assert guard.report.cost_usd == 3 * genai_cost("gpt-4o", agents_usage())
+    assert (await ledger.usage("run:stream")).held.requests == 0
+
+
+def test_the_prompt_estimate_measures_only_new_items_and_starts_over_on_a_rewrite() -> None:
+    from budgeteer.integrations.openai_agents import _PromptMeter
+
+    history: list[object] = [
+        {"role": "user", "content": "find the quarterly numbers"},
+        {"type": "function_call", "name": "search", "arguments": '{"q": "q3"}', "call_id": "1"},
+        {"type": "function_call_output", "call_id": "1", "output": "revenue 4.2M " * 20},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "Q3 was 4.2M."}]},
+    ]
+    meter = _PromptMeter()
+    assert meter.tokens("Be brief.", history[:2]) == _PromptMeter().tokens("Be brief.", history[:2])
+    # The SDK rebuilds every item each turn: equal copies count as the same prefix.
+    copies = [dict(item) for item in history]  # type: ignore[call-overload]
+    assert meter.tokens("Be brief.", copies) == _PromptMeter().tokens("Be brief.", history)
+    # A filter that drops items (a hand-off input filter) is measured from scratch.
+    assert meter.tokens("Be brief.", history[2:]) == _PromptMeter().tokens("Be brief.", history[2:])
+    # Tool calls and outputs have no "content" but are sent: they count.
+    assert _PromptMeter().tokens(None, history[2:3]) > 20 * len("revenue 4.2M ") // 4
+
+
+async def test_escalation_grants_more_budget_and_the_report_records_it(
+    ledger: AsyncLedger, searches: Searches
+) -> None:
+    from budgeteer import Grant
+
+    asked: list[BudgetExceeded] = []
+
+    def escalate(error: BudgetExceeded) -> Grant | None:
+        asked.append(error)
+        return Grant(amount=2, reason="on-call approved") if len(asked) == 1 else None
+
+    model = ScriptedModel([*tool_steps(4), answer("finished with the extra budget")])
+    agent = Agent(name="looper", model=model, tools=[searches.tool])
+    guard = BudgetGuard(
+        ledger,
+        "run:escalate",
+        max_requests=3,
+        model="gpt-4o",
+        policy=Policy(on_exhausted="escalate", escalate=escalate),
+    )
+
+    result = await Runner.run(agent, "go", hooks=guard, max_turns=100)
+
+    assert result.final_output == "finished with the extra budget"
+    assert len(model.calls) == 5
+    assert [(g.dimension, g.amount, g.new_limit) for g in guard.report.grants] == [
+        ("requests", 2, 5)
+    ]
+    assert asked[0].dimension == "requests"
+    assert guard.report.status == "completed"

@@ -28,7 +28,6 @@ end therefore use the SDK's own extension point that can: a ``ModelProvider``
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -54,11 +53,14 @@ from openai.types.responses.response_prompt_param import ResponsePromptParam
 
 from budgeteer.errors import BudgetExceeded, InvalidInput
 from budgeteer.guard import (
+    BYTES_PER_TOKEN,
     DEFAULT_MAX_TOKENS,
+    TOKENS_PER_MESSAGE,
     AsyncModelCall,
     AsyncRunGuard,
     BudgetWarning,
     RunReport,
+    estimate_prompt_tokens,
 )
 from budgeteer.integrations._usage import usage_from_openai
 from budgeteer.ledger import AsyncLedger
@@ -266,6 +268,8 @@ class BudgetGuard(RunHooks[Any]):
         )
         self._model = model
         self._provider = provider
+        self._default_max_tokens = default_max_tokens
+        self._prompt = _PromptMeter()
         self._notice = notice
         self._started = False
         self._finished = False
@@ -417,10 +421,18 @@ class BudgetGuard(RunHooks[Any]):
         settings = agent.model_settings
         if self._config_settings is not None:
             settings = settings.resolve(self._config_settings)
-        prompt = _prompt_texts(system_prompt, input_items)
+        prompt_tokens = self._prompt.tokens(system_prompt, input_items)
         run = self._run
+        policy = self._policy
         plan = run.plan_call(
-            requested, prompt=prompt, max_tokens=settings.max_tokens, provider=self._provider
+            requested,
+            # The plan reads the prompt only to clamp max_tokens; a stand-in of the measured
+            # size spares walking the history twice.
+            prompt=" " * (prompt_tokens * BYTES_PER_TOKEN)
+            if route is not None and policy is not None and policy.clamp_max_tokens
+            else None,
+            max_tokens=settings.max_tokens,
+            provider=self._provider,
         )
         # Without the provider the call goes out as the SDK resolved it: admit exactly that.
         turn = _Turn(
@@ -430,16 +442,20 @@ class BudgetGuard(RunHooks[Any]):
             tools_allowed=plan.tools_allowed,
             subagents_allowed=plan.subagents_allowed,
         )
+        turn.estimate = Usage(
+            input_tokens=prompt_tokens,
+            output_tokens=self._default_max_tokens if turn.max_tokens is None else turn.max_tokens,
+            requests=1,
+        )
         if plan.exhausted and run.exhausted is not None:
             await self._refuse(run.exhausted, turn, agent)
             return
         try:
-            await self._open(turn, prompt)
+            await self._open(turn)
         except BudgetExceeded as error:
             await self._refuse(error, turn, agent)
             return
         if turn.call is not None and turn.call.final:
-            policy = self._policy
             reserve = policy.summary_reserve if policy is not None else None
             turn.final = True
             turn.tools_allowed = turn.subagents_allowed = False
@@ -447,19 +463,12 @@ class BudgetGuard(RunHooks[Any]):
             turn.max_tokens = (reserve.output_tokens if reserve else 0) or turn.max_tokens
         self._turn = turn
 
-    async def _open(self, turn: _Turn, prompt: list[str] | None) -> None:
-        """Reserve the call's estimate (the first time from the prompt, on a retry as before)."""
+    async def _open(self, turn: _Turn) -> None:
+        """Reserve the call's estimate, priced for the model it will run on."""
         name, provider = _pricing_name(turn.model, self._provider)
-        scope = self._run.model_call(
-            name,
-            prompt=prompt,
-            max_tokens=turn.max_tokens,
-            estimate=turn.estimate if prompt is None else None,
-            provider=provider,
-        )
+        scope = self._run.model_call(name, estimate=turn.estimate, provider=provider)
         turn.call = await scope.__aenter__()
         turn.scope = scope
-        turn.estimate = turn.call.estimate
 
     async def _admit_tool(self, name: str) -> None:
         """Admit one tool call (the policy's ``stop_tools`` and any ``tool_calls`` cap)."""
@@ -510,7 +519,7 @@ class BudgetGuard(RunHooks[Any]):
         if turn.call is None and turn.ending is None:
             # The SDK retries a failed request through the same turn: admit the retry again.
             try:
-                await self._open(turn, None)
+                await self._open(turn)
             except BudgetExceeded as error:
                 await self._finish(error)
                 raise AgentsBudgetExceeded.from_error(error) from None
@@ -874,21 +883,54 @@ def _compose_policy(
     return dataclasses.replace(policy, ladder=tuple(rungs))
 
 
-def _prompt_texts(system_prompt: str | None, items: Sequence[object]) -> list[str]:
-    """The prompt as texts for the offline estimate: every item whole, keys included.
+class _PromptMeter:
+    """The offline prompt estimate of each call, walking only the items added since the last.
 
-    Tool calls and tool outputs carry no ``content``; dumping each item counts them too (and
-    over-counts a little, which is the safe side of an estimate).
+    The SDK sends the whole history on every call, rebuilt as new objects each turn; measuring it
+    all again would cost time in proportion to the run's length on every call. When the history
+    still starts and ends (at the old length) with the items seen last time, only the new
+    items are measured. Every item counts whole, keys and ids included: tool calls and tool
+    outputs have no ``content`` but are sent, and over-counting is the safe side of an estimate.
     """
-    texts = [system_prompt] if system_prompt else []
-    for item in items:
-        if isinstance(item, str):
-            texts.append(item)
-        elif isinstance(item, Mapping):
-            texts.append(json.dumps(item, default=str, ensure_ascii=False))
+
+    __slots__ = ("_count", "_first", "_last", "_tokens")
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._tokens = 0
+        self._first: object = None
+        self._last: object = None
+
+    def tokens(self, system_prompt: str | None, items: Sequence[object]) -> int:
+        count = self._count
+        if 0 < count <= len(items) and items[0] == self._first and items[count - 1] == self._last:
+            tokens, start = self._tokens, count
         else:
-            texts.append(str(item))
-    return texts
+            tokens, start = 0, 0
+        for index in range(start, len(items)):
+            tokens += TOKENS_PER_MESSAGE - (-_size(items[index]) // BYTES_PER_TOKEN)
+        self._count, self._tokens = len(items), tokens
+        self._first = items[0] if items else None
+        self._last = items[-1] if items else None
+        if system_prompt:
+            tokens += TOKENS_PER_MESSAGE + estimate_prompt_tokens(system_prompt)
+        return tokens
+
+
+def _size(value: object) -> int:
+    """UTF-8 bytes of an input item's text, keys included (about what JSON would take)."""
+    if isinstance(value, str):
+        return len(value) if value.isascii() else len(value.encode())
+    if isinstance(value, Mapping):
+        return sum(len(str(key)) + 4 + _size(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return sum(_size(item) + 1 for item in value)
+    if value is None or isinstance(value, bool | int | float):
+        return 5
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):  # an SDK/pydantic item object
+        return _size(dump())
+    return len(str(value))
 
 
 def _pricing_name(model: str, provider: str | None) -> tuple[str, str | None]:
