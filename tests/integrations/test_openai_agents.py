@@ -472,6 +472,20 @@ async def test_a_failed_model_call_releases_its_hold(ledger: AsyncLedger) -> Non
     assert guard.report.status == "failed"
 
 
+async def test_one_guard_passed_to_two_concurrent_runs_is_refused() -> None:
+    first, second = ScriptedModel(tool_steps(3, "x")), ScriptedModel(tool_steps(3, "y"))
+    guard = BudgetGuard(max_requests=50, model="gpt-4o")
+    searches = Searches()
+    results = await asyncio.gather(
+        Runner.run(Agent(name="x", model=first, tools=[searches.tool]), "go", hooks=guard),
+        Runner.run(Agent(name="y", model=second, tools=[searches.tool]), "go", hooks=guard),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, InvalidInput)]
+    assert len(refused) == 1
+    assert refused[0].field == "guard"
+
+
 async def test_a_guard_guards_one_run() -> None:
     model = ScriptedModel([answer(), answer()])
     agent = Agent(name="once", model=model)
@@ -714,3 +728,38 @@ async def test_escalation_grants_more_budget_and_the_report_records_it(
     ]
     assert asked[0].dimension == "requests"
     assert guard.report.status == "completed"
+
+
+async def test_a_retried_request_is_admitted_again_and_charged_as_the_sdk_reports(
+    ledger: AsyncLedger,
+) -> None:
+    from agents.retry import ModelRetryAdvice, ModelRetrySettings, RetryDecision
+
+    model = ScriptedModel(
+        [
+            ModelStep.raise_error(
+                ConnectionError("reset"),
+                retry_advice=ModelRetryAdvice(suggested=True, replay_safety="safe"),
+            ),
+            answer("second attempt"),
+        ]
+    )
+    settings = ModelSettings(
+        retry=ModelRetrySettings(
+            max_retries=2, policy=lambda context: RetryDecision(retry=True, delay=0)
+        )
+    )
+    agent = Agent(name="retrier", model="gpt-4o", model_settings=settings)
+    guard = BudgetGuard(ledger, "run:retry", max_requests=5)
+    config = guard.run_config(RunConfig(model_provider=ScriptedProvider(gpt_4o=model)))
+
+    result = await Runner.run(agent, "go", hooks=guard, run_config=config)
+
+    assert result.final_output == "second attempt"
+    assert len(model.calls) == 2
+    scope = await ledger.usage("run:retry")
+    # The failed attempt's hold was released and the retry admitted anew; the SDK reports both
+    # attempts as requests on the successful response, and only its tokens.
+    assert (scope.used.requests, scope.held.requests) == (2, 0)
+    assert scope.used.input_tokens == agents_usage().input_tokens
+    assert scope.used.cost_usd == genai_cost("gpt-4o", agents_usage())

@@ -275,6 +275,7 @@ class BudgetGuard(RunHooks[Any]):
         self._finished = False
         self._explicit = False
         self._turn: _Turn | None = None
+        self._run_usage: object = None
         self._route: _BudgetedModel | None = None
         self._config_model: str | None = None
         self._config_settings: ModelSettings | None = None
@@ -349,7 +350,8 @@ class BudgetGuard(RunHooks[Any]):
 
     async def on_agent_start(self, context: AgentHookContext[Any], agent: Agent[Any]) -> None:
         """Start the run's guard (first agent)."""
-        del context, agent
+        del agent
+        self._bind(context)
         await self._start()
 
     async def on_llm_start(
@@ -360,7 +362,7 @@ class BudgetGuard(RunHooks[Any]):
         input_items: list[TResponseInputItem],
     ) -> None:
         """Admit the model call the SDK is about to make (refusal raises before the call)."""
-        del context
+        self._bind(context)
         await self._start()
         await self._admit_model_call(agent, system_prompt, input_items)
 
@@ -386,14 +388,16 @@ class BudgetGuard(RunHooks[Any]):
         self, context: RunContextWrapper[Any], agent: Agent[Any], tool: Tool
     ) -> None:
         """Admit one tool call (refusal raises before the tool runs)."""
-        del context, agent
+        del agent
+        self._bind(context)
         await self._admit_tool(tool.name)
 
     async def on_handoff(
         self, context: RunContextWrapper[Any], from_agent: Agent[Any], to_agent: Agent[Any]
     ) -> None:
         """Admit one agent hop."""
-        del context, from_agent, to_agent
+        del from_agent, to_agent
+        self._bind(context)
         await self._admit_hop()
 
     async def on_agent_end(
@@ -554,6 +558,14 @@ class BudgetGuard(RunHooks[Any]):
         return dataclasses.replace(response, output=output)
 
     # -- lifetime --------------------------------------------------------------------------------
+
+    def _bind(self, context: RunContextWrapper[Any]) -> None:
+        """Tie the guard to the first run that calls it: every context of a run shares its
+        ``usage`` object, so a second run passing the same guard is caught."""
+        if self._run_usage is None:
+            self._run_usage = context.usage
+        elif context.usage is not self._run_usage:
+            raise InvalidInput("guard", self.path, "a BudgetGuard guards one run; make one per run")
 
     async def _start(self) -> None:
         if self._started:
