@@ -113,6 +113,20 @@ class AsyncLedger:
         outcome = await self._call("charge", self._backend.charge, *args)
         return self._front.charge(outcome, args[0], checked)
 
+    async def admit(self, path: str, usage: UsageLike) -> Headroom:
+        """See ``Ledger.admit``."""
+        args = self._front.admit_args(path, usage)
+        result = await self._call("admit", self._backend.admit, *args)
+        return self._front.admitted(path, result)
+
+    async def prune(self, scope: str) -> bool:
+        """See ``Ledger.prune``."""
+        self._front.scopes(scope)
+        pruned: bool = await self._call(
+            "prune", self._backend.prune, scope, self._front.clock.now()
+        )
+        return pruned
+
     @asynccontextmanager
     async def hold(
         self, path: str, usage: UsageLike, *, ttl_s: float | None = None
