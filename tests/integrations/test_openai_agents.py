@@ -763,3 +763,35 @@ async def test_a_retried_request_is_admitted_again_and_charged_as_the_sdk_report
     assert (scope.used.requests, scope.held.requests) == (2, 0)
     assert scope.used.input_tokens == agents_usage().input_tokens
     assert scope.used.cost_usd == genai_cost("gpt-4o", agents_usage())
+
+
+async def test_the_policy_clamps_max_tokens_to_what_the_budget_affords() -> None:
+    model = ScriptedModel([answer("short", usage=agents_usage(200, 50))])
+    agent = Agent(name="clamped", model="gpt-4o", model_settings=ModelSettings(max_tokens=800))
+    guard = BudgetGuard(max_total_tokens=1000, policy=Policy(clamp_max_tokens=True))
+    config = guard.run_config(RunConfig(model_provider=ScriptedProvider(gpt_4o=model)))
+
+    await Runner.run(agent, "x" * 600, hooks=guard, run_config=config)
+
+    sent = model.calls[0].model_settings.max_tokens
+    assert sent is not None
+    # The prompt estimate (~200 tokens) + 800 would cross 1000: the call runs shorter instead.
+    assert 700 < sent < 800
+    assert guard.report.model_calls == 1
+    assert guard.report.usage.total_tokens == 250
+
+
+async def test_graceful_end_needs_a_text_output_otherwise_it_raises(searches: Searches) -> None:
+    from pydantic import BaseModel
+
+    class Report(BaseModel):
+        findings: list[str]
+
+    model = ScriptedModel(tool_steps(5))
+    agent = Agent(name="typed", model="gpt-4o", tools=[searches.tool], output_type=Report)
+    guard = BudgetGuard(max_requests=2, graceful=True)
+    config = guard.run_config(RunConfig(model_provider=ScriptedProvider(gpt_4o=model)))
+    with pytest.raises(BudgetExceeded) as caught:
+        await Runner.run(agent, "go", hooks=guard, run_config=config)
+    assert caught.value.dimension == "requests"
+    assert len(model.calls) == 2
