@@ -163,8 +163,15 @@ class BudgetGuard(RunHooks[Any]):
 
     The run's guard starts at the run's first hook and finishes when the run's final output is
     produced or a refusal ends it. Use ``async with guard:`` around ``Runner.run`` to also
-    release holds when the run fails for another reason (a model error), and for ``wall_time_s``
-    limits (the deadline needs one task for the whole run).
+    release holds and finish the report when the run fails for another reason (a model error,
+    ``MaxTurnsExceeded``), and for ``wall_time_s`` limits (the deadline needs one task for the
+    whole run).
+
+    The graceful end answers in place of a refused model call, so it needs a text output
+    (``output_type`` ``None`` or ``str``) and a non-streamed run; otherwise the refusal is
+    raised. A tool call or hand-off refused in the middle of a turn is always raised (a hook
+    cannot skip it); in graceful mode tools and hand-offs stop being offered to the model once
+    their cap is used up, so a sequential loop ends with an answer instead.
 
     Args:
         ledger: An ``AsyncLedger``, or a URL to open one (``"sqlite:///b.db"``; default
@@ -179,7 +186,8 @@ class BudgetGuard(RunHooks[Any]):
         pricing: Prices model calls (default: ``Pricing()``, which refuses a model it has no
             price for rather than counting it as free).
         model: The model name to price calls under when an agent's model is a ``Model`` object
-            without a ``model`` name attribute.
+            without a ``model`` name attribute, or when the agent names none (default: the
+            SDK's default model).
         provider: genai-prices provider id for pricing, if the model name is ambiguous.
         downgrade_to: Switch later model calls to this model once ``downgrade_at`` of any limit
             on the path is used (a ``Degrade.downgrade`` rung added to ``policy``).
