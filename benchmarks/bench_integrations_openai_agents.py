@@ -5,7 +5,9 @@ tool, then one answer) is timed without budgeteer and with a ``BudgetGuard`` on 
 ledger (hooks only, and with the guard's model provider), plus ``memory://`` for reference. The
 cases run in interleaved rounds; the best and the median round are shown (the machine may be
 shared and noisy). The added time is divided by the run's model calls; each of those turns also
-admits one tool call. A timed guard also reports the wall time spent inside its own hooks.
+admits one tool call. CPU time (``time.process_time``) is shown too: it is what the guard costs
+whatever else the machine runs. A timed guard also reports the wall time spent inside its own
+hooks.
 
 Usage: python benchmarks/bench_integrations_openai_agents.py [--turns 40] [--rounds 7]
 """
@@ -70,31 +72,32 @@ class TimedGuard(BudgetGuard):
     """A ``BudgetGuard`` that adds up the wall time spent inside its hooks, per kind."""
 
     spent: ClassVar[dict[str, list[float]]] = {"model": [], "tool": [], "run": []}
+    clock: ClassVar[Callable[[], float]] = time.perf_counter
 
     async def on_agent_start(self, context: Any, agent: Any) -> None:
-        started = time.perf_counter()
+        started = self.clock()
         await super().on_agent_start(context, agent)
-        self._run_s = time.perf_counter() - started
+        self._run_s = self.clock() - started
 
     async def on_llm_start(self, *args: Any) -> None:
-        started = time.perf_counter()
+        started = self.clock()
         await super().on_llm_start(*args)
-        self._llm_s = time.perf_counter() - started
+        self._llm_s = self.clock() - started
 
     async def on_llm_end(self, *args: Any) -> None:
-        started = time.perf_counter()
+        started = self.clock()
         await super().on_llm_end(*args)
-        self.spent["model"].append(self._llm_s + time.perf_counter() - started)
+        self.spent["model"].append(self._llm_s + self.clock() - started)
 
     async def on_tool_start(self, *args: Any) -> None:
-        started = time.perf_counter()
+        started = self.clock()
         await super().on_tool_start(*args)
-        self.spent["tool"].append(time.perf_counter() - started)
+        self.spent["tool"].append(self.clock() - started)
 
     async def on_agent_end(self, *args: Any) -> None:
-        started = time.perf_counter()
+        started = self.clock()
         await super().on_agent_end(*args)
-        self.spent["run"].append(self._run_s + time.perf_counter() - started)
+        self.spent["run"].append(self._run_s + self.clock() - started)
 
 
 def cases(turns: int, sqlite_url: str) -> dict[str, Case]:
@@ -147,19 +150,23 @@ def cases(turns: int, sqlite_url: str) -> dict[str, Case]:
     }
 
 
-async def measure(turns: int, rounds: int, folder: Path) -> dict[str, list[float]]:
+async def measure(
+    turns: int, rounds: int, folder: Path
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU seconds of each run, per case."""
     runs = cases(turns, f"sqlite:///{folder / 'bench.db'}")
-    timings: dict[str, list[float]] = {name: [] for name in runs}
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     counter = 0
     for round_ in range(rounds + 1):
         for name, run in runs.items():
             counter += 1
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             await run(counter)
-            elapsed = time.perf_counter() - started
             if round_:  # round 0 warms imports, price tables and SQLite
-                timings[name].append(elapsed)
-    return timings
+                wall[name].append(time.perf_counter() - started)
+                cpu[name].append(time.process_time() - started_cpu)
+    return wall, cpu
 
 
 def main() -> None:
@@ -169,23 +176,28 @@ def main() -> None:
     args = parser.parse_args()
     set_tracing_disabled(True)
     with tempfile.TemporaryDirectory() as folder:
-        timings = asyncio.run(measure(args.turns, args.rounds, Path(folder)))
+        wall, cpu = asyncio.run(measure(args.turns, args.rounds, Path(folder)))
     calls = args.turns + 1
     print(
         f"{platform.machine()} CPython {platform.python_version()}; {calls} model calls and "
         f"{args.turns} tool calls per run; {args.rounds} interleaved rounds"
     )
-    print(f"{'case':48} {'run ms (min/median)':>20} {'added ms per model call (min/median)':>38}")
-    base = timings["without budgeteer"]
-    for name, values in timings.items():
+    print(f"{'case':46} {'wall ms/run':>12} {'added wall ms/call':>19} {'added CPU ms/call':>18}")
+    print(f"{'':46} {'min / median':>12} {'min / median':>19} {'median':>18}")
+    for name in wall:
         if name.startswith("(timed)"):
             continue
-        best, middle = min(values), statistics.median(values)
-        added_best = (best - min(base)) / calls * 1000
-        added_middle = (middle - statistics.median(base)) / calls * 1000
+        best, middle = min(wall[name]), statistics.median(wall[name])
+        added_best = (best - min(wall["without budgeteer"])) / calls * 1000
+        added_middle = (middle - statistics.median(wall["without budgeteer"])) / calls * 1000
+        added_cpu = (
+            (statistics.median(cpu[name]) - statistics.median(cpu["without budgeteer"]))
+            / calls
+            * 1000
+        )
         print(
-            f"{name:48} {best * 1000:9.1f}/{middle * 1000:9.1f} "
-            f"{added_best:18.3f}/{added_middle:18.3f}"
+            f"{name:46} {best * 1000:5.0f} / {middle * 1000:4.0f} "
+            f"{added_best:9.3f} / {added_middle:7.3f} {added_cpu:18.3f}"
         )
     print("time inside the guard's hooks (SQLite file), min / median / p90 in ms:")
     for kind, label in (
