@@ -795,3 +795,35 @@ async def test_graceful_end_needs_a_text_output_otherwise_it_raises(searches: Se
         await Runner.run(agent, "go", hooks=guard, run_config=config)
     assert caught.value.dimension == "requests"
     assert len(model.calls) == 2
+
+
+async def test_streamed_graceful_end_and_summary_say_the_budget_ran_out(
+    searches: Searches,
+) -> None:
+    model = ScriptedModel(tool_steps(10))
+    agent = Agent(name="streamer", model="gpt-4o", tools=[searches.tool])
+    guard = BudgetGuard(max_requests=2, graceful=True)
+    config = guard.run_config(RunConfig(model_provider=ScriptedProvider(gpt_4o=model)))
+    result = Runner.run_streamed(agent, "go", hooks=guard, run_config=config, max_turns=100)
+    async for _ in result.stream_events():
+        pass
+    assert guard.exhausted is not None
+    assert result.final_output == budget_notice(guard.exhausted)
+    assert len(model.calls) == 2
+    assert guard.report.status == "stopped"
+
+    model = ScriptedModel([*tool_steps(2), answer("summary so far")])
+    policy = Policy(
+        on_exhausted="summary",
+        summary_reserve=Usage(input_tokens=2000, output_tokens=200, requests=1),
+        clamp_max_tokens=False,
+    )
+    guard = BudgetGuard(max_requests=3, policy=policy)
+    config = guard.run_config(RunConfig(model_provider=ScriptedProvider(gpt_4o=model)))
+    result = Runner.run_streamed(agent, "go", hooks=guard, run_config=config, max_turns=100)
+    async for _ in result.stream_events():
+        pass
+    assert guard.exhausted is not None
+    assert result.final_output == f"{budget_notice(guard.exhausted)}\n\nsummary so far"
+    assert guard.report.wrapped_up is True
+    assert guard.report.usage.requests == 3

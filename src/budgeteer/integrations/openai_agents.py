@@ -40,7 +40,12 @@ from agents import Agent, RunConfig, RunContextWrapper, RunHooks
 from agents.agent_output import AgentOutputSchemaBase
 from agents.exceptions import AgentsException
 from agents.handoffs import Handoff
-from agents.items import ModelResponse, TResponseInputItem, TResponseStreamEvent
+from agents.items import (
+    ModelResponse,
+    TResponseInputItem,
+    TResponseOutputItem,
+    TResponseStreamEvent,
+)
 from agents.lifecycle import RunHooksBase
 from agents.model_settings import ModelSettings
 from agents.models import get_default_model
@@ -48,7 +53,12 @@ from agents.models.interface import Model, ModelProvider, ModelTracing
 from agents.run_context import AgentHookContext
 from agents.tool import Tool
 from agents.usage import Usage as AgentsUsage
-from openai.types.responses import ResponseOutputMessage, ResponseOutputText
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseOutputMessage,
+    ResponseOutputText,
+)
 from openai.types.responses.response_prompt_param import ResponsePromptParam
 
 from budgeteer.errors import BudgetExceeded, InvalidInput
@@ -168,9 +178,9 @@ class BudgetGuard(RunHooks[Any]):
     whole run).
 
     The graceful end answers in place of a refused model call, so it needs a text output
-    (``output_type`` ``None`` or ``str``) and a non-streamed run; otherwise the refusal is
-    raised. A tool call or hand-off refused in the middle of a turn is always raised (a hook
-    cannot skip it); in graceful mode tools and hand-offs stop being offered to the model once
+    (``output_type`` ``None`` or ``str``); otherwise the refusal is raised. A tool call or
+    hand-off refused in the middle of a turn is always raised (a hook cannot skip it); in
+    graceful mode tools and hand-offs stop being offered to the model once
     their cap is used up, so a sequential loop ends with an answer instead.
 
     Args:
@@ -565,6 +575,14 @@ class BudgetGuard(RunHooks[Any]):
             output.append(_message(notice))
         return dataclasses.replace(response, output=output)
 
+    def _with_notice_event(self, event: ResponseCompletedEvent) -> ResponseCompletedEvent:
+        """A streamed wrap-up's completed response, prefixed with what ran out."""
+        noticed = self._with_notice(
+            ModelResponse(output=event.response.output, usage=AgentsUsage(), response_id=None)
+        )
+        response = event.response.model_copy(update={"output": noticed.output})
+        return event.model_copy(update={"response": response})
+
     # -- lifetime --------------------------------------------------------------------------------
 
     def _bind(self, context: RunContextWrapper[Any]) -> None:
@@ -721,12 +739,12 @@ class _BudgetedModel(Model):
         conversation_id: str | None,
         prompt: ResponsePromptParam | None,
     ) -> AsyncIterator[TResponseStreamEvent]:
-        """Stream the planned model's answer (a graceful end raises: there is no event to send)."""
+        """Stream the planned model's answer, or the graceful end as one completed response."""
         guard = self.guard
         turn = await guard._turn_for(self)
         if turn.ending is not None:
-            await guard._finish(turn.ending)
-            raise AgentsBudgetExceeded.from_error(turn.ending)
+            yield _completed(guard._ending_response(turn.ending).output)
+            return
         system_instructions, model_settings, tools, handoffs = self._request(
             turn, system_instructions, model_settings, tools, handoffs
         )
@@ -743,7 +761,11 @@ class _BudgetedModel(Model):
                 conversation_id=conversation_id,
                 prompt=prompt,
             ):
-                yield event
+                if turn.final and isinstance(event, ResponseCompletedEvent):
+                    # The final output is read from the completed response: say what ran out.
+                    yield guard._with_notice_event(event)
+                else:
+                    yield event
         except BaseException as error:
             await guard._call_failed(turn, error)
             raise
@@ -962,6 +984,25 @@ def _pricing_name(model: str, provider: str | None) -> tuple[str, str | None]:
         return rest, provider or "openai"
     inner, _, name = rest.partition("/")
     return (name, provider or inner) if name else (rest, provider)
+
+
+def _completed(output: list[TResponseOutputItem]) -> ResponseCompletedEvent:
+    """A stream of one event: the response completed with ``output`` (no usage: nothing ran)."""
+    return ResponseCompletedEvent(
+        type="response.completed",
+        sequence_number=0,
+        response=Response(
+            id="budgeteer-exhausted",
+            created_at=0,
+            model="budgeteer",
+            object="response",
+            output=output,
+            tool_choice="none",
+            tools=[],
+            parallel_tool_calls=False,
+            status="completed",
+        ),
+    )
 
 
 def _message(text: str, item_id: str = "budgeteer-notice") -> ResponseOutputMessage:
