@@ -167,7 +167,9 @@ async def test_runaway_loop_is_refused_before_the_request_that_would_cross_the_c
     assert len(model.calls) == 3  # the fourth request was never sent
     assert model.remaining_steps == 17
     assert guard.report.status == "stopped"
-    assert guard.report.stopped_by is error or guard.report.stopped_by.dimension == "requests"
+    stopped_by = guard.report.stopped_by
+    assert stopped_by is not None
+    assert (stopped_by.dimension, stopped_by.actual) == ("requests", 4)
     scope = await ledger.usage("org:acme/run:r1")
     assert scope.used.requests == 3
     assert scope.held.requests == 0
