@@ -184,8 +184,9 @@ class BudgetGuard(RunHooks[Any]):
     their cap is used up, so a sequential loop ends with an answer instead.
 
     Args:
-        ledger: An ``AsyncLedger``, or a URL to open one (``"sqlite:///b.db"``; default
-            ``memory://``, a budget private to this process).
+        ledger: An ``AsyncLedger``, or a URL to open one (``"sqlite:///b.db"``), closed when
+            the run ends. Default: a ``memory://`` ledger of this guard's own (pass one
+            ``AsyncLedger`` to several guards to share it within a process).
         path: The run's scope path; default ``run:<random id>``.
         max_total_tokens: Cap on input + output tokens of the run.
         max_requests: Cap on model requests of the run.
