@@ -307,7 +307,7 @@ class MemoryBackend:
                 return False
             if any(cell[1] for cell in state.cells.values()):
                 return False
-            for (dimension, window_key), _max_units in state.limits.items():
+            for dimension, window_key in state.limits:
                 meter = state.meters.get((dimension, window_key))
                 if meter is None:
                     if state.cells.get(dimension, (0, 0))[0]:
