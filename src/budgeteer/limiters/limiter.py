@@ -275,12 +275,7 @@ class Limiter:
     def _wait(self, path: str, attempt: Callable[[], _Result], timeout: float | None) -> Any:
         core = self._core
         deadline = core.deadline(timeout, self._monotonic())
-        if path not in core.queues:
-            result = attempt()
-            if not isinstance(result, Denial):
-                return result
-            if core.next_wait(result, deadline, self._monotonic()) is None:
-                raise exceeded(result)
+        # Every waiter queues before it asks, so arrival order is call order (FIFO per path).
         ticket = object()
         with self._cond:
             queue = core.enqueue(path, ticket)
@@ -529,12 +524,6 @@ class AsyncLimiter:
     ) -> Any:
         core = self._core
         deadline = core.deadline(timeout, self._monotonic())
-        if path not in core.queues:
-            result = await attempt()
-            if not isinstance(result, Denial):
-                return result
-            if core.next_wait(result, deadline, self._monotonic()) is None:
-                raise exceeded(result)
         ticket = object()
         queue = core.enqueue(path, ticket)
         turn = self._turns[ticket] = asyncio.Event()
