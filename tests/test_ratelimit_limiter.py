@@ -375,7 +375,7 @@ class TestKeyPolicy:
         clock.advance(61)
         limiter.try_acquire(busy)
         limiter.try_acquire(busy)
-        assert limiter.cleanup_idle(idle_s=0) == 2  # idle's key and its user scope
+        assert limiter.cleanup_idle() == 2  # idle's key and its user scope
         assert limiter.ledger.limits(idle) == ()
         assert limiter.ledger.limits(busy) != ()
         assert not limiter.try_acquire(busy)  # its live window was kept
@@ -383,7 +383,7 @@ class TestKeyPolicy:
         other = Limiter(make_ledger(), policy=policy)
         busy_again = other.key("busy")
         clock.advance(61)
-        assert limiter.cleanup_idle(idle_s=0) == 2
+        assert limiter.cleanup_idle() == 2
         assert [bool(other.try_acquire(busy_again)) for _ in range(3)] == [True, True, False]
         assert limiter.ledger.limits(busy) == (Limit("requests", 2, Window.rolling(60)),)
 

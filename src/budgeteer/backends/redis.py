@@ -35,8 +35,8 @@ from budgeteer.model import LimitState
 _OPTIONS = {"time", "prefix", "cluster"}
 
 
-def _script_text() -> str:
-    return resources.files("budgeteer.backends").joinpath("lua/ledger.lua").read_text()
+def _script_text(name: str = "ledger") -> str:
+    return resources.files("budgeteer.backends").joinpath(f"lua/{name}.lua").read_text()
 
 
 class _RedisCore:
@@ -90,6 +90,8 @@ class _RedisCore:
                 else redis.Redis.from_url(client_url)
             )
         self._script = self._client.register_script(_script_text())
+        # The rate limiter's hot path: a lean script for admit (see lua/admit.lua).
+        self._admit_script = self._client.register_script(_script_text("admit"))
         # Calendar windows seen so far; their period bounds go with every call (see module doc).
         self._calendar: set[str] = set()
         self._lock = threading.Lock()
@@ -108,6 +110,19 @@ class _RedisCore:
             start, end = window_of(key).period_bounds(now)
             bounds.append(f"{key}={start!r}:{end!r}")
         return {"keys": [self._key(path)], "args": [op, stamp, ";".join(bounds), *args]}
+
+    def _admit_args(
+        self,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        expect_limits: int,
+    ) -> dict[str, list[Any]]:
+        args: list[Any] = ["" if self._server_time else repr(now), expect_limits, len(amounts)]
+        for pair in amounts.items():
+            args += pair
+        args += scopes
+        return {"keys": [self._key(scopes[0])], "args": args}
 
     def _needs_bounds(self, reply: Any, now: float) -> float | None:
         """The time to compute bounds for, if the script asked for a calendar window's bounds."""
@@ -183,8 +198,10 @@ class RedisBackend(_RedisCore):
         now: float,
         expect_limits: int = -1,
     ) -> tuple[LimitState, ...] | Denial | None:
-        del scopes
-        return _admit_result(self._run(path, "admit", now, path, _encode(amounts), expect_limits))
+        reply = self._admit_script(**self._admit_args(scopes, amounts, now, expect_limits))
+        if reply[0] == b"fallback":  # a calendar window or a due hold: the full script
+            reply = self._run(path, "admit", now, path, _encode(amounts), expect_limits)
+        return _admit_result(reply)
 
     def prune(self, scope: str, now: float) -> bool:
         return bool(self._run(scope, "prune", now, scope)[0])
@@ -286,10 +303,10 @@ class AsyncRedisBackend(_RedisCore):
         now: float,
         expect_limits: int = -1,
     ) -> tuple[LimitState, ...] | Denial | None:
-        del scopes
-        return _admit_result(
-            await self._run(path, "admit", now, path, _encode(amounts), expect_limits)
-        )
+        reply = await self._admit_script(**self._admit_args(scopes, amounts, now, expect_limits))
+        if reply[0] == b"fallback":
+            reply = await self._run(path, "admit", now, path, _encode(amounts), expect_limits)
+        return _admit_result(reply)
 
     async def prune(self, scope: str, now: float) -> bool:
         return bool((await self._run(scope, "prune", now, scope))[0])

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from budgeteer.backends.base import Denial
 from budgeteer.errors import BudgetExceeded, InvalidInput
@@ -85,21 +85,20 @@ def usage_of(usage: object, amounts: Mapping[str, int]) -> Usage:
     return Usage.from_units(plain, cost_known="cost_usd" in plain)
 
 
-class Admission:
+class Admission(NamedTuple):
     """The answer of ``try_acquire`` (and of a successful ``acquire``): allowed or refused.
 
     Truthy when allowed. A refusal names the limit that refused, with ``retry_after``, through
-    ``error`` (the ``BudgetExceeded`` that ``acquire`` raises when its deadline passes).
+    ``error`` (the ``BudgetExceeded`` that ``acquire`` raises when its deadline passes). (A
+    named tuple: one is built on every check.)
     """
 
-    __slots__ = ("_result", "allowed", "path")
-
-    def __init__(self, allowed: bool, path: str, result: tuple[LimitState, ...] | Denial) -> None:
-        self.allowed = allowed
-        """True if the amounts were admitted (and recorded)."""
-        self.path = path
-        """The scope path checked."""
-        self._result = result
+    allowed: bool
+    """True if the amounts were admitted (and recorded)."""
+    path: str
+    """The scope path checked."""
+    decision: tuple[LimitState, ...] | Denial
+    """The store's answer in storage units: the limits as after, or the refusal."""
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -112,22 +111,22 @@ class Admission:
     @property
     def error(self) -> BudgetExceeded | None:
         """The refusal: which scope, dimension and window refused, and ``retry_after``."""
-        result = self._result
-        return exceeded(result) if isinstance(result, Denial) else None
+        decision = self.decision
+        return exceeded(decision) if isinstance(decision, Denial) else None
 
     @property
     def retry_after(self) -> float | None:
         """Seconds until a retry may succeed; ``None`` if allowed or waiting cannot help."""
-        result = self._result
-        return result.retry_after if isinstance(result, Denial) else None
+        decision = self.decision
+        return decision.retry_after if isinstance(decision, Denial) else None
 
     @property
     def limits(self) -> tuple[LimitHeadroom, ...]:
         """Allowed: every limit checked, as after the admission. Refused: the refusing one."""
-        result = self._result
-        if isinstance(result, Denial):
-            return (LimitHeadroom.from_state(result.state),)
-        return tuple(LimitHeadroom.from_state(state) for state in result)
+        decision = self.decision
+        if isinstance(decision, Denial):
+            return (LimitHeadroom.from_state(decision.state),)
+        return tuple(LimitHeadroom.from_state(state) for state in decision)
 
     def remaining(self, dimension: str) -> Amount | None:
         """The smallest room left on ``dimension`` across the limits checked (``None``: none)."""
@@ -151,10 +150,6 @@ class KeyState:
     """The policy version installed."""
     count: int
     """How many limits the path's scopes carry (checked by ``admit``: a mismatch reinstalls)."""
-    spans: float
-    """The longest window of its limits, in seconds: idle that long, it may be pruned."""
-    last_used: float = 0.0
-    """Monotonic time of the last acquisition."""
     user: str = ""
     endpoint: str | None = None
 
@@ -244,20 +239,6 @@ class LimiterCore:
         to_set = [limit for key, limit in want.items() if have.get(key) != limit.max_units]
         to_remove = [key for key in have if key not in want]
         return to_set, to_remove
-
-    @staticmethod
-    def longest_span(limits: tuple[Limit, ...]) -> float:
-        """The longest time usage can stay live under ``limits`` (calendar: a month)."""
-        longest = 0.0
-        for limit in limits:
-            window = limit.window
-            if window.kind == "rolling":
-                longest = max(longest, float(window.seconds + window.granularity_s))
-            elif window.kind == "pacing":
-                longest = max(longest, window.refill_s)
-            elif window.kind == "calendar":
-                longest = max(longest, 31 * 86400.0)
-        return longest
 
 
 __all__ = [

@@ -260,7 +260,7 @@ class RateLimiter:
 
     def cleanup_expired(self) -> int:
         """Forget keys whose windows are all empty (never a live window); returns how many."""
-        forgotten = self._limiter.cleanup_idle(idle_s=0.0)
+        forgotten = self._limiter.cleanup_idle()
         with self._lock:
             known = set(self._limiter._core.keys)
             for user, endpoints in list(self._seen.items()):
