@@ -251,8 +251,21 @@ class MemoryBackend:
                     used = meter.used
                 held = cell[1]
                 if used + held + requested > max_units:  # _core.crosses, inlined
-                    return self._refusal(name, dimension, window_key, max_units, used, held,
-                                         requested, meter, window, now)  # fmt: skip
+                    retry_after = None
+                    if meter is not None:
+                        # _core.rolling_retry_after: the first bucket whose leaving frees enough.
+                        over = used + held + requested - max_units
+                        freed = 0
+                        for index, amount in meter.buckets:  # type: ignore[union-attr]
+                            freed += amount
+                            if freed >= over:
+                                end = (index + window.buckets + 1) * window.granularity_s - now
+                                retry_after = end if end > 0.0 else 0.0
+                                break
+                    state = _new_state(
+                        LimitState, (name, dimension, window_key, max_units, used, held)
+                    )
+                    return Denial(state, requested, retry_after)
                 checked.append(
                     _new_state(
                         LimitState, (name, dimension, window_key, max_units, used + requested, held)
@@ -287,34 +300,6 @@ class MemoryBackend:
                 elif meter.__class__ is CalendarMeter:
                     meter.used += amounts[dimension]
         return checked
-
-    @staticmethod
-    def _refusal(
-        name: str,
-        dimension: str,
-        window_key: str,
-        max_units: int,
-        used: int,
-        held: int,
-        requested: int,
-        meter: _Meter | None,
-        window: Window,
-        now: float,
-    ) -> Denial:
-        """A refusal by a lifetime or rolling limit, with its ``retry_after``."""
-        retry_after = None
-        if meter is not None:
-            # _core.rolling_retry_after, inlined: the first bucket whose leaving frees enough.
-            over = used + held + requested - max_units
-            freed = 0
-            for index, amount in meter.buckets:  # type: ignore[union-attr]
-                freed += amount
-                if freed >= over:
-                    end = (index + window.buckets + 1) * window.granularity_s - now
-                    retry_after = end if end > 0.0 else 0.0
-                    break
-        state = _new_state(LimitState, (name, dimension, window_key, max_units, used, held))
-        return Denial(state, requested, retry_after)
 
     def _check(
         self, route: _Route, amounts: Mapping[str, int], now: float, *, hold: bool

@@ -126,6 +126,17 @@ class Limiter:
             refusal = core.queued_refusal(path, amounts)
             if refusal is not None:
                 return Admission(False, path, refusal)
+        entry = self._paths.get(path)
+        if entry is not None and entry[1] is None:
+            # The hot path (a path without a key policy): _admit, inlined.
+            try:
+                result = self._backend.admit(path, entry[0], amounts, self._now(), -1)
+            except BudgeteerError:
+                raise
+            except Exception as error:
+                raise BackendUnavailable(self._backend.url, "admit", repr(error)) from error
+            if result is not None:
+                return _new(Admission, (result.__class__ is not Denial, path, result))
         result = self._admit(path, amounts)
         return _new(Admission, (result.__class__ is not Denial, path, result))
 
