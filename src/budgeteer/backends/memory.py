@@ -58,7 +58,7 @@ _Check = tuple[str, str, str, int, "_Meter | None", list[int], _Scope, Window]
 class _Route:
     """What an operation with a given set of dimensions touches on a path, resolved once."""
 
-    __slots__ = ("cells", "checks", "simple")
+    __slots__ = ("cells", "checks", "simple", "single")
 
     def __init__(self, cells: tuple[tuple[list[int], str], ...], checks: tuple[_Check, ...]):
         self.cells = cells
@@ -67,6 +67,8 @@ class _Route:
         """The limits on those dimensions, top scope first."""
         self.simple = all(c[4] is None or c[4].__class__ is RollingMeter for c in checks)
         """Only lifetime and rolling limits: ``admit``'s tight loop handles them inline."""
+        self.single = checks[0] if self.simple and len(checks) == 1 else None
+        """The one limit to check, when there is exactly one (a rate limiter's usual key)."""
 
 
 class _Plan:
@@ -122,7 +124,7 @@ class _Hold:
         self.expires_at = expires_at
 
 
-_new_state = tuple.__new__
+_new_state = _new_denial = tuple.__new__
 PLAN_CACHE_SIZE = 65536
 
 
@@ -214,7 +216,7 @@ class MemoryBackend:
                 self._compact_expiry()
             return checked
 
-    def admit(
+    def admit(  # noqa: PLR0915 - the rate limiter's hot path, unrolled on purpose
         self,
         path: str,
         scopes: tuple[str, ...],
@@ -233,6 +235,38 @@ class MemoryBackend:
                 return None
             dimensions = tuple(amounts)
             route = plan.routes.get(dimensions) or plan.route(dimensions)
+            single = route.single
+            if single is not None:
+                # One lifetime or rolling limit (a rate limiter's usual key): loops unrolled.
+                name, dimension, window_key, max_units, meter, cell, _, window = single
+                requested = amounts[dimension]
+                index = 0
+                if meter is None:
+                    used = cell[0]
+                else:
+                    buckets = meter.buckets  # type: ignore[union-attr]
+                    index = int(now // window.granularity_s)
+                    if buckets and buckets[0][0] < index - window.buckets:
+                        meter.refresh(window, now)
+                    used = meter.used
+                held = cell[1]
+                if used + held + requested > max_units:  # _core.crosses, inlined
+                    return self._refusal(single, used, held, requested, now)
+                for each, each_dimension in route.cells:
+                    each[0] += amounts[each_dimension]
+                if meter is not None:
+                    buckets = meter.buckets  # type: ignore[union-attr]
+                    if buckets and buckets[-1][0] >= index:
+                        buckets[-1][1] += requested
+                    else:
+                        buckets.append([index, requested])
+                    meter.used += requested
+                return (
+                    _new_state(
+                        LimitState,
+                        (name, dimension, window_key, max_units, used + requested, held),
+                    ),
+                )
             if not route.simple:
                 return self._admit_general(route, amounts, now)
             # The hot path of try_acquire: lifetime and rolling limits, written out flat.
@@ -265,7 +299,7 @@ class MemoryBackend:
                     state = _new_state(
                         LimitState, (name, dimension, window_key, max_units, used, held)
                     )
-                    return Denial(state, requested, retry_after)
+                    return _new_denial(Denial, (state, requested, retry_after))
                 checked.append(
                     _new_state(
                         LimitState, (name, dimension, window_key, max_units, used + requested, held)
@@ -284,6 +318,24 @@ class MemoryBackend:
                         buckets.append([index, amount])
                     meter.used += amount
             return tuple(checked)
+
+    @staticmethod
+    def _refusal(check: _Check, used: int, held: int, requested: int, now: float) -> Denial:
+        """A refusal by one lifetime or rolling limit, with its exact ``retry_after``."""
+        name, dimension, window_key, max_units, meter, _, _, window = check
+        retry_after = None
+        if meter is not None:
+            # _core.rolling_retry_after: the first bucket whose leaving frees enough.
+            over = used + held + requested - max_units
+            freed = 0
+            for bucket, amount in meter.buckets:  # type: ignore[union-attr]
+                freed += amount
+                if freed >= over:
+                    end = (bucket + window.buckets + 1) * window.granularity_s - now
+                    retry_after = end if end > 0.0 else 0.0
+                    break
+        state = _new_state(LimitState, (name, dimension, window_key, max_units, used, held))
+        return _new_denial(Denial, (state, requested, retry_after))
 
     def _admit_general(
         self, route: _Route, amounts: Mapping[str, int], now: float
