@@ -251,7 +251,21 @@ class MemoryBackend:
                     used = meter.used
                 held = cell[1]
                 if used + held + requested > max_units:  # _core.crosses, inlined
-                    return self._refusal(single, used, held, requested, now)
+                    retry_after = None
+                    if meter is not None:
+                        # _core.rolling_retry_after: the first bucket whose leaving frees enough.
+                        over = used + held + requested - max_units
+                        freed = 0
+                        for bucket, amount in meter.buckets:  # type: ignore[union-attr]
+                            freed += amount
+                            if freed >= over:
+                                end = (bucket + window.buckets + 1) * window.granularity_s - now
+                                retry_after = end if end > 0.0 else 0.0
+                                break
+                    state = _new_state(
+                        LimitState, (name, dimension, window_key, max_units, used, held)
+                    )
+                    return _new_denial(Denial, (state, requested, retry_after))
                 for each, each_dimension in route.cells:
                     each[0] += amounts[each_dimension]
                 if meter is not None:
@@ -318,24 +332,6 @@ class MemoryBackend:
                         buckets.append([index, amount])
                     meter.used += amount
             return tuple(checked)
-
-    @staticmethod
-    def _refusal(check: _Check, used: int, held: int, requested: int, now: float) -> Denial:
-        """A refusal by one lifetime or rolling limit, with its exact ``retry_after``."""
-        name, dimension, window_key, max_units, meter, _, _, window = check
-        retry_after = None
-        if meter is not None:
-            # _core.rolling_retry_after: the first bucket whose leaving frees enough.
-            over = used + held + requested - max_units
-            freed = 0
-            for bucket, amount in meter.buckets:  # type: ignore[union-attr]
-                freed += amount
-                if freed >= over:
-                    end = (bucket + window.buckets + 1) * window.granularity_s - now
-                    retry_after = end if end > 0.0 else 0.0
-                    break
-        state = _new_state(LimitState, (name, dimension, window_key, max_units, used, held))
-        return _new_denial(Denial, (state, requested, retry_after))
 
     def _admit_general(
         self, route: _Route, amounts: Mapping[str, int], now: float

@@ -87,6 +87,7 @@ class Limiter:
         self._sleep = sleep_of(self._front.clock)
         self._core = LimiterCore(poll_s)
         self._cond = threading.Condition()
+        self._backend_admit = self._backend.admit
         # path -> (its scopes, its KeyState or None): resolved once per path.
         self._paths: dict[str, tuple[tuple[str, ...], KeyState | None]] = {}
         self._install_lock = threading.Lock()
@@ -130,7 +131,7 @@ class Limiter:
         if entry is not None and entry[1] is None:
             # The hot path (a path without a key policy): _admit, inlined.
             try:
-                result = self._backend.admit(path, entry[0], amounts, self._now(), -1)
+                result = self._backend_admit(path, entry[0], amounts, self._now(), -1)
             except BudgeteerError:
                 raise
             except Exception as error:
