@@ -159,3 +159,42 @@ def private_cluster(binary: str, nodes: int = 3) -> Iterator[str]:
             process.terminate()
             process.wait(timeout=10)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A key and a self-signed certificate for 127.0.0.1 (the certificate is its own CA)."""
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("openssl is needed to make a test certificate")
+    command = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+               "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+               "-addext", "subjectAltName=IP:127.0.0.1"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    return key, cert
+
+
+@contextmanager
+def private_tls_server(binary: str) -> Iterator[tuple[str, Path]]:
+    """``binary`` serving TLS only, on a free port; yields a ``rediss://`` URL that verifies the
+    server certificate, and the certificate's path. Raises if the binary was built without TLS."""
+    directory = Path(tempfile.mkdtemp(prefix="budgeteer-redis-tls-"))
+    key, cert = self_signed_certificate(directory)
+    port = free_port()
+    command = [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+               "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+               "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+               "--dir", str(directory), "--save", "", "--appendonly", "no"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+    try:
+        deadline = time.monotonic() + 10
+        while not reachable(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start with TLS: {command}")
+            time.sleep(0.05)
+        yield url, cert
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)

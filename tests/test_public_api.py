@@ -21,6 +21,8 @@ PUBLIC = {
     "Admission", "AsyncLimiter", "AsyncSlidingWindowBudget", "Concurrency", "KeyPolicy",
     "Limiter", "Pacing", "Rate", "RateLimitConfig", "RateLimitResult", "RateLimiter",
     "SlidingWindowBudget", "TokenBudget",
+    # the degradation / exhaustion policy
+    "CallPlan", "Degrade", "Grant", "GrantRecord", "Policy",
 }  # fmt: skip
 
 

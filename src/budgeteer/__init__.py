@@ -53,6 +53,7 @@ from budgeteer.model import (
     Window,
     parse_path,
 )
+from budgeteer.policy import CallPlan, Degrade, Grant, GrantRecord, Policy
 from budgeteer.pricing import LongContextPrice, ModelPrice, Price, Pricing
 from budgeteer.tracker import ResourceQuota, ResourceTracker, ResourceUsage
 
@@ -73,9 +74,13 @@ __all__ = [
     "BudgetExceeded",
     "BudgetWarning",
     "BudgeteerError",
+    "CallPlan",
     "Charge",
     "Clock",
     "Concurrency",
+    "Degrade",
+    "Grant",
+    "GrantRecord",
     "Headroom",
     "InvalidInput",
     "KeyPolicy",
@@ -90,6 +95,7 @@ __all__ = [
     "ModelPrice",
     "Overrun",
     "Pacing",
+    "Policy",
     "Price",
     "Pricing",
     "Rate",

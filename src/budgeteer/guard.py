@@ -13,6 +13,7 @@ sync deadline is checked at every admission and at the end of each step.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import signal
@@ -26,7 +27,24 @@ from typing import TYPE_CHECKING, Literal
 
 from budgeteer.errors import BudgetExceeded, InvalidInput, StepTimeout
 from budgeteer.ledger import AsyncLedger, Ledger
-from budgeteer.model import Limit, LimitHeadroom, Reservation, Usage, Window, parse_path
+from budgeteer.model import (
+    Limit,
+    LimitHeadroom,
+    Reservation,
+    Usage,
+    Window,
+    parse_path,
+)
+from budgeteer.policy import (
+    CallPlan,
+    Degrade,
+    Escalation,
+    Grant,
+    GrantRecord,
+    Policy,
+    affordable_output_tokens,
+    price_function,
+)
 
 if TYPE_CHECKING:
     from budgeteer.pricing import Pricing
@@ -109,6 +127,12 @@ class RunReport:
     """Soft-threshold warnings, in order."""
     models: Mapping[str, int] = field(default_factory=dict)
     """Model calls settled per model name."""
+    degradations: tuple[Degrade, ...] = ()
+    """The policy rungs that fired, in order."""
+    grants: tuple[GrantRecord, ...] = ()
+    """Budget granted by escalation during the run."""
+    wrapped_up: bool = False
+    """True if the run's last call was the wrap-up call paid by the summary reserve."""
 
     @property
     def cost_usd(self) -> Decimal | None:
@@ -129,8 +153,11 @@ class _RunState:
         default_max_tokens: int,
         ttl_s: float | None,
         monotonic: Callable[[], float],
+        policy: Policy | None,
     ) -> None:
         parse_path(path)
+        if policy is not None and not isinstance(policy, Policy):
+            raise InvalidInput("policy", policy, "expected a budgeteer.Policy")
         self.path = path
         self.limits = tuple(limits)
         for limit in self.limits:
@@ -151,11 +178,18 @@ class _RunState:
         self.used = Usage(cost_usd=Decimal(0))
         self.model_calls = 0
         self.models: dict[str, int] = {}
-        self.warned: set[tuple[str, str, str]] = set()
+        self.warned: set[tuple[str, str, Window]] = set()
         self.warnings: list[BudgetWarning] = []
         self.stopped_by: BudgetExceeded | None = None
         self.finished: RunReport | None = None
         self.open_holds: dict[str, Reservation] = {}
+        self.policy = policy
+        # What the last admission (or the peek on entry) saw of each limit on the path.
+        self.heads: dict[tuple[str, str, Window], LimitHeadroom] = {}
+        self.fired: list[Degrade] = []
+        self.summary_hold: Reservation | None = None
+        self.wrapped_up = False
+        self.grants: list[GrantRecord] = []
 
     # -- estimates and prices -------------------------------------------------------------------
 
@@ -213,26 +247,198 @@ class _RunState:
     def admitted(self, reservation: Reservation) -> None:
         """Track the open hold and warn about any limit it pushed past the soft threshold."""
         self.open_holds[reservation.id] = reservation
-        for state in reservation.limit_states:
-            if not state.max_units:
+        self.saw(reservation.headroom)
+
+    def saw(self, heads: Sequence[LimitHeadroom]) -> None:
+        """Warn about any limit an admission pushed past the soft threshold; feed the policy."""
+        for head in heads:
+            if not head.limit:
                 continue
-            fraction = (state.used + state.held) / state.max_units
-            key = (state.scope, state.dimension, state.window_key)
+            fraction = head.fraction
+            key = (head.scope, head.dimension, head.window)
             if fraction < self.warn_at or key in self.warned:
                 continue
             self.warned.add(key)
-            head = LimitHeadroom.from_state(state)
-            warning = BudgetWarning(state.scope, state.dimension, head.window, fraction, head.limit)
+            warning = BudgetWarning(head.scope, head.dimension, head.window, fraction, head.limit)
             self.warnings.append(warning)
             logger.warning(
                 "budget warning: %s %s at %.0f%% of %s",
-                state.scope,
-                state.dimension,
+                head.scope,
+                head.dimension,
                 fraction * 100,
                 head.limit,
             )
             if self.on_warning is not None:
                 self.on_warning(warning)
+        if self.policy is not None:
+            self.observe(heads)
+
+    # -- the policy ------------------------------------------------------------------------------
+
+    def observe(self, heads: Iterable[LimitHeadroom]) -> None:
+        """Remember what an admission or peek saw, and fire every rung it reaches (latching)."""
+        for head in heads:
+            self.heads[head.scope, head.dimension, head.window] = head
+        if self.policy is None:
+            return
+        for rung in self.policy.ladder:
+            if rung in self.fired:
+                continue
+            reached = next((h for h in self.heads.values() if rung.reached_by(h)), None)
+            if reached is None:
+                continue
+            self.fired.append(rung)
+            logger.warning(
+                "budget policy: %s%s (%s %s at %.0f%%)",
+                rung.action,
+                f" to {rung.to}" if rung.to else "",
+                reached.scope,
+                reached.dimension,
+                reached.fraction * 100,
+            )
+            if rung.action == "warn":
+                warning = BudgetWarning(
+                    reached.scope,
+                    reached.dimension,
+                    reached.window,
+                    reached.fraction,
+                    reached.limit,
+                )
+                self.warnings.append(warning)
+                if self.on_warning is not None:
+                    self.on_warning(warning)
+
+    def in_force(self, action: str) -> Degrade | None:
+        """The last fired rung doing ``action``, if any."""
+        return next((r for r in reversed(self.fired) if r.action == action), None)
+
+    @property
+    def wrap_up_available(self) -> bool:
+        """True while the summary reserve is held and its wrap-up call has not run."""
+        return self.summary_hold is not None and not self.wrapped_up
+
+    def summary_usage(self) -> Usage | None:
+        """The summary reserve to hold at the start (priced for ``policy.summary_model`` when
+        it has no cost), or ``None`` when the policy keeps none."""
+        policy = self.policy
+        reserve = policy.summary_reserve if policy is not None else None
+        if reserve is None or policy is None:
+            return None
+        if reserve.cost_usd is None and policy.summary_model and self.pricing is not None:
+            price = self.pricing.price(policy.summary_model, reserve)
+            reserve = reserve.replace(cost_usd=price.cost_usd)
+        return reserve
+
+    def check_wrapped_up(self) -> None:
+        """After the wrap-up call the run is over: refuse with what stopped it."""
+        if self.wrapped_up and self.stopped_by is not None:
+            raise self.stopped_by
+
+    def take_wrap_up(self) -> Reservation:
+        """Hand out the summary reserve for the wrap-up call (once)."""
+        hold = self.summary_hold
+        if hold is None or self.wrapped_up:
+            raise RuntimeError("no summary reserve left")  # callers check wrap_up_available
+        self.wrapped_up = True
+        return hold
+
+    def plan(
+        self,
+        model: str | None,
+        prompt: str | Sequence[object] | None,
+        max_tokens: int | None,
+        provider: str | None,
+    ) -> CallPlan:
+        policy = self.policy
+        rungs = tuple(self.fired)
+        downgrade = self.in_force("downgrade")
+        planned_model = downgrade.to if downgrade is not None else model
+        stopped = self.stopped_by is not None
+        if self.wrap_up_available and policy is not None and policy.summary_reserve is not None:
+            reserve_output = policy.summary_reserve.output_tokens
+            final = stopped
+            if not final:
+                room = self._affordable(planned_model, prompt, provider)
+                final = room is not None and room < 1
+            if final:
+                return CallPlan(
+                    model=policy.summary_model or planned_model,
+                    max_tokens=reserve_output or max_tokens,
+                    tools_allowed=False,
+                    subagents_allowed=False,
+                    final=True,
+                    exhausted=False,
+                    rungs=rungs,
+                )
+        exhausted = stopped and not self.wrap_up_available
+        planned_tokens = max_tokens
+        if policy is not None and policy.clamp_max_tokens and not exhausted:
+            room = self._affordable(planned_model, prompt, provider)
+            wanted = self.default_max_tokens if max_tokens is None else max_tokens
+            if room is not None and room < wanted:
+                planned_tokens = max(room, 1)
+        return CallPlan(
+            model=planned_model,
+            max_tokens=planned_tokens,
+            tools_allowed=not exhausted and self.in_force("stop_tools") is None,
+            subagents_allowed=not exhausted and self.in_force("stop_subagents") is None,
+            final=False,
+            exhausted=exhausted,
+            rungs=rungs,
+        )
+
+    def _affordable(
+        self, model: str | None, prompt: str | Sequence[object] | None, provider: str | None
+    ) -> int | None:
+        return affordable_output_tokens(
+            self.heads.values(),
+            estimate_prompt_tokens(prompt),
+            price_function(self.pricing, model, provider),
+        )
+
+    def stopped_by_policy(self, dimension: str, action: str) -> BudgetExceeded | None:
+        """A refusal for a tool call or hop that a fired rung (or exhaustion) forbids."""
+        if self.in_force(action) is None and not (
+            self.stopped_by is not None and not self.wrap_up_available and self.policy
+        ):
+            return None
+        done = int(self.used.get(dimension))
+        return BudgetExceeded(
+            scope=self.path, dimension=dimension, limit=done, used=done, held=0, requested=1
+        )
+
+    def grant_record(self, error: BudgetExceeded, grant: object) -> tuple[Limit, GrantRecord]:
+        """Validate an escalation's answer and build the raised limit and its record."""
+        if not isinstance(grant, Grant):
+            raise InvalidInput("escalate()", grant, "expected a budgeteer.Grant or None")
+        window = error.window if isinstance(error.window, Window) else Window.lifetime()
+        raised = Limit(error.dimension, error.limit + grant.amount, window)  # type: ignore[operator]
+        record = GrantRecord(
+            scope=error.scope,
+            dimension=error.dimension,
+            window=window,
+            amount=grant.amount,
+            new_limit=raised.max,
+            reason=grant.reason,
+            refusal=error,
+        )
+        self.grants.append(record)
+        logger.warning(
+            "budget escalation: %s %s raised by %s to %s (%s)",
+            record.scope,
+            record.dimension,
+            record.amount,
+            record.new_limit,
+            record.reason,
+        )
+        return raised, record
+
+    def escalation(self) -> Escalation | None:
+        """The escalation callback, while the policy allows another grant."""
+        policy = self.policy
+        if policy is None or policy.on_exhausted != "escalate":
+            return None
+        return policy.escalate if len(self.grants) < policy.max_grants else None
 
     def settled(self, reservation: Reservation, usage: Usage, model: str | None = None) -> None:
         """The hold was committed with ``usage``."""
@@ -296,6 +502,9 @@ class _RunState:
             model_calls=self.model_calls,
             warnings=tuple(self.warnings),
             models=dict(self.models),
+            degradations=tuple(self.fired),
+            grants=tuple(self.grants),
+            wrapped_up=self.wrapped_up,
         )
 
 
@@ -389,6 +598,8 @@ class _AdmittedCall:
         self._provider = provider
         self.settled: Usage | None = None
         """The usage committed, once settled."""
+        self.final = False
+        """True when the call was admitted under the summary reserve: the run's wrap-up call."""
 
     @property
     def estimate(self) -> Usage:
@@ -416,9 +627,35 @@ class _GuardBase:
         """The run report (a snapshot during the run; final once the block has exited)."""
         return self._state.finished or self._state.build_report(None)
 
+    @property
+    def exhausted(self) -> BudgetExceeded | None:
+        """The refusal that ended admission, or ``None`` while the run may go on."""
+        return self._state.stopped_by
+
     def check_deadline(self) -> None:
         """Raise ``BudgetExceeded`` on ``wall_time_s`` if the run's deadline has passed."""
         self._state.check_deadline()
+
+    def plan_call(
+        self,
+        model: str | None = None,
+        *,
+        prompt: str | Sequence[object] | None = None,
+        max_tokens: int | None = None,
+        provider: str | None = None,
+    ) -> CallPlan:
+        """How to make the next model call under the run's ``Policy`` (a preview: no I/O).
+
+        Integrations call this before building a request, then send ``plan.model`` and
+        ``plan.max_tokens``, offer tools only if ``plan.tools_allowed``, and on ``plan.final``
+        ask for a wrap-up. It reflects the limits as of the run's last admission.
+        """
+        return self._state.plan(model, prompt, max_tokens, provider)
+
+    def _policy_check(self, dimension: str, action: str) -> None:
+        error = self._state.stopped_by_policy(dimension, action)
+        if error is not None:
+            raise error
 
 
 # -- the sync driver -------------------------------------------------------------------------
@@ -476,6 +713,8 @@ class RunGuard(_GuardBase):
         on_warning: Called once per limit that passes ``warn_at``.
         default_max_tokens: Output tokens reserved when a call does not say its ``max_tokens``.
         ttl_s: How long each hold lives if this process dies before settling it.
+        policy: Degradation rungs and what to do at exhaustion (default: raise). See
+            ``budgeteer.policy``; integrations read it through ``plan_call``.
     """
 
     def __init__(
@@ -489,6 +728,7 @@ class RunGuard(_GuardBase):
         on_warning: Callable[[BudgetWarning], None] | None = None,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         ttl_s: float | None = None,
+        policy: Policy | None = None,
     ) -> None:
         if not isinstance(ledger, Ledger):
             raise InvalidInput(
@@ -504,6 +744,7 @@ class RunGuard(_GuardBase):
             default_max_tokens,
             ttl_s,
             ledger.clock.monotonic,
+            policy,
         )
         self._alarm: tuple[float, Callable[[], BaseException]] | None = None
 
@@ -511,6 +752,11 @@ class RunGuard(_GuardBase):
         state = self._state
         for limit in state.limits:
             self.ledger.set_limit(state.path, limit)
+        if state.policy is not None:
+            state.observe(self.ledger.peek(state.path).limits)
+            reserve = state.summary_usage()
+            if reserve is not None:
+                state.summary_hold = self._reserve(reserve, exhaustible=False)
         state.started = state.monotonic()
         if state.deadline_s is not None and _ALARMS.usable():
             self._alarm = _ALARMS.push(
@@ -558,9 +804,18 @@ class RunGuard(_GuardBase):
         """
         state = self._state
         usage = state.call_estimate(model, prompt, max_tokens, estimate, provider)
-        reservation = self._reserve(usage)
+        state.check_wrapped_up()
+        final = state.stopped_by is not None and state.wrap_up_available
+        if final:
+            reservation = state.take_wrap_up()
+        else:
+            try:
+                reservation = self._reserve(usage)
+            except BudgetExceeded as error:
+                reservation, final = self._exhausted(error, usage)
         state.model_calls += 1
         call = ModelCall(self, reservation, model, provider)
+        call.final = final
         try:
             yield call
         except BaseException:
@@ -573,6 +828,7 @@ class RunGuard(_GuardBase):
     def tool_call(self, name: str = "tool") -> _NullContext:
         """Admit one tool call (``tool_calls`` += 1), as a context manager or a plain call."""
         del name
+        self._policy_check("tool_calls", "stop_tools")
         self._admit(Usage(tool_calls=1, cost_usd=Decimal(0)))
         return _NULL_CONTEXT
 
@@ -582,6 +838,7 @@ class RunGuard(_GuardBase):
 
     def hop(self) -> None:
         """Count one agent hop (hand-off or sub-agent)."""
+        self._policy_check("agent_hops", "stop_subagents")
         self._admit(Usage(agent_hops=1, cost_usd=Decimal(0)))
 
     @contextmanager
@@ -607,19 +864,47 @@ class RunGuard(_GuardBase):
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _reserve(self, usage: Usage) -> Reservation:
+    def _reserve(self, usage: Usage, *, exhaustible: bool = True) -> Reservation:
         self._state.check_deadline()
         try:
             reservation = self.ledger.reserve(self._state.path, usage, ttl_s=self._state.ttl_s)
         except BudgetExceeded as error:
-            raise self._state.stop(error) from None
+            raise (self._state.stop(error) if exhaustible else error) from None
         self._state.admitted(reservation)
         return reservation
 
+    def _exhausted(self, error: BudgetExceeded, usage: Usage) -> tuple[Reservation, bool]:
+        """A model call was refused: carry out the policy's exhaustion mode."""
+        state = self._state
+        while error.window is not None:
+            if state.wrap_up_available:
+                return state.take_wrap_up(), True
+            escalate = state.escalation()
+            if escalate is None:
+                break
+            grant = escalate(error)
+            if grant is None:
+                break
+            raised, _ = state.grant_record(error, grant)
+            self.ledger.set_limit(error.scope, raised)
+            try:
+                reservation = self._reserve(usage)
+            except BudgetExceeded as again:
+                error = again
+                continue
+            state.stopped_by = None
+            return reservation, False
+        raise error
+
     def _admit(self, usage: Usage) -> None:
-        reservation = self._reserve(usage)
-        self.ledger.commit(reservation, usage)
-        self._state.settled(reservation, usage)
+        state = self._state
+        state.check_deadline()
+        try:
+            heads = self.ledger.admit(state.path, usage).limits
+        except BudgetExceeded as error:
+            raise state.stop(error) from None
+        state.saw(heads)
+        state.committed(usage)
 
     def _settle_call(
         self,
@@ -709,6 +994,7 @@ class AsyncRunGuard(_GuardBase):
         on_warning: Callable[[BudgetWarning], None] | None = None,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         ttl_s: float | None = None,
+        policy: Policy | None = None,
     ) -> None:
         if not isinstance(ledger, AsyncLedger):
             raise InvalidInput(
@@ -724,6 +1010,7 @@ class AsyncRunGuard(_GuardBase):
             default_max_tokens,
             ttl_s,
             ledger.clock.monotonic,
+            policy,
         )
         self._timeout: asyncio.Timeout | None = None
 
@@ -731,6 +1018,11 @@ class AsyncRunGuard(_GuardBase):
         state = self._state
         for limit in state.limits:
             await self.ledger.set_limit(state.path, limit)
+        if state.policy is not None:
+            state.observe((await self.ledger.peek(state.path)).limits)
+            reserve = state.summary_usage()
+            if reserve is not None:
+                state.summary_hold = await self._reserve(reserve, exhaustible=False)
         state.started = state.monotonic()
         if state.deadline_s is not None:
             # Cancellation runs on the event loop's clock; admissions check the injected one.
@@ -788,9 +1080,18 @@ class AsyncRunGuard(_GuardBase):
     ) -> AsyncIterator[AsyncModelCall]:
         state = self._state
         usage = state.call_estimate(model, prompt, max_tokens, estimate, provider)
-        reservation = await self._reserve(usage)
+        state.check_wrapped_up()
+        final = state.stopped_by is not None and state.wrap_up_available
+        if final:
+            reservation = state.take_wrap_up()
+        else:
+            try:
+                reservation = await self._reserve(usage)
+            except BudgetExceeded as error:
+                reservation, final = await self._exhausted(error, usage)
         state.model_calls += 1
         call = AsyncModelCall(self, reservation, model, provider)
+        call.final = final
         try:
             yield call
         except BaseException:
@@ -803,6 +1104,7 @@ class AsyncRunGuard(_GuardBase):
     async def tool_call(self, name: str = "tool") -> None:
         """See ``RunGuard.tool_call``."""
         del name
+        self._policy_check("tool_calls", "stop_tools")
         await self._admit(Usage(tool_calls=1, cost_usd=Decimal(0)))
 
     async def iteration(self) -> None:
@@ -811,6 +1113,7 @@ class AsyncRunGuard(_GuardBase):
 
     async def hop(self) -> None:
         """See ``RunGuard.hop``."""
+        self._policy_check("agent_hops", "stop_subagents")
         await self._admit(Usage(agent_hops=1, cost_usd=Decimal(0)))
 
     @asynccontextmanager
@@ -823,21 +1126,51 @@ class AsyncRunGuard(_GuardBase):
         except TimeoutError:
             raise StepTimeout(name, timeout) from None
 
-    async def _reserve(self, usage: Usage) -> Reservation:
+    async def _reserve(self, usage: Usage, *, exhaustible: bool = True) -> Reservation:
         self._state.check_deadline()
         try:
             reservation = await self.ledger.reserve(
                 self._state.path, usage, ttl_s=self._state.ttl_s
             )
         except BudgetExceeded as error:
-            raise self._state.stop(error) from None
+            raise (self._state.stop(error) if exhaustible else error) from None
         self._state.admitted(reservation)
         return reservation
 
+    async def _exhausted(self, error: BudgetExceeded, usage: Usage) -> tuple[Reservation, bool]:
+        """See ``RunGuard._exhausted``; the escalation callback may be a coroutine function."""
+        state = self._state
+        while error.window is not None:
+            if state.wrap_up_available:
+                return state.take_wrap_up(), True
+            escalate = state.escalation()
+            if escalate is None:
+                break
+            grant = escalate(error)
+            if inspect.isawaitable(grant):
+                grant = await grant
+            if grant is None:
+                break
+            raised, _ = state.grant_record(error, grant)
+            await self.ledger.set_limit(error.scope, raised)
+            try:
+                reservation = await self._reserve(usage)
+            except BudgetExceeded as again:
+                error = again
+                continue
+            state.stopped_by = None
+            return reservation, False
+        raise error
+
     async def _admit(self, usage: Usage) -> None:
-        reservation = await self._reserve(usage)
-        await self.ledger.commit(reservation, usage)
-        self._state.settled(reservation, usage)
+        state = self._state
+        state.check_deadline()
+        try:
+            heads = (await self.ledger.admit(state.path, usage)).limits
+        except BudgetExceeded as error:
+            raise state.stop(error) from None
+        state.saw(heads)
+        state.committed(usage)
 
     async def _settle_call(
         self,

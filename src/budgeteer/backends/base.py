@@ -25,6 +25,12 @@ _NO_METADATA: Mapping[str, str] = MappingProxyType({})
 # a request object (or a frozen dataclass, about six times dearer) is pure overhead there.
 
 
+class WouldBlock(Exception):
+    """Raised by a blocking backend asked not to wait (``call_without_waiting``) when the
+    operation would have to wait for another writer; nothing was done, so the driver runs it
+    again in a worker thread."""
+
+
 class Denial(NamedTuple):
     """Why a reservation was refused. (A named tuple: a rate limiter builds one per refusal.
     Test a result with ``isinstance(result, Denial)``, never ``isinstance(result, tuple)``.)"""

@@ -75,7 +75,7 @@ class ResilientBackend:
         self.blocking = inner.blocking
         self.remote = inner.remote
         self._retrying = Retrying(
-            stop=stop_after_attempt(attempts),
+            stop=stop_after_attempt(max(attempts - 1, 1)),  # after the first, direct try
             wait=wait_exponential(multiplier=0.01, max=max_wait_s),
             retry=retry_if_exception(_is_outage),
             reraise=True,
@@ -99,9 +99,14 @@ class ResilientBackend:
         """Deliver the queue, then run ``function``; ``StoreDown`` if the store is unreachable."""
         try:
             self._flush()
-            if retry:
-                return self._retrying(function, *args)
-            return function(*args)
+            if not retry:
+                return function(*args)
+            try:  # the common case stays out of tenacity's bookkeeping
+                return function(*args)
+            except Exception as error:
+                if not _is_outage(error):
+                    raise
+            return self._retrying(function, *args)
         except BudgeteerError:
             raise
         except Exception as error:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import secrets
+import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -76,12 +78,18 @@ class LedgerFrontend:
         self.backend = backend
         self.clock = clock or SYSTEM_CLOCK
         self.default_ttl_s = self.check_ttl(default_ttl_s, "default_ttl_s")
+        self._new_identity()
+        _FRONTENDS.add(self)
+        self._now = self.clock.now
+
+    def _new_identity(self) -> None:
         # A random prefix keeps ids unique across processes; the counter keeps them cheap.
+        # A forked child gets a new prefix (see _renew_after_fork): else the parent and the
+        # child would hand out the same ids, and an idempotent charge would count only once.
         self._id_prefix = secrets.token_hex(6) + "-"
         self._ids = itertools.count(1)
         # path -> (its scopes, the id prefix of its hierarchy): parsed once per path.
         self._paths: dict[str, tuple[tuple[str, ...], str]] = {}
-        self._now = self.clock.now
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -285,3 +293,14 @@ def _overrun(state: LimitState) -> Overrun:
         limit=from_units(dimension, state.max_units),
         used=from_units(dimension, state.used),
     )
+
+
+_FRONTENDS: weakref.WeakSet[LedgerFrontend] = weakref.WeakSet()
+
+
+def _renew_after_fork() -> None:
+    for frontend in list(_FRONTENDS):
+        frontend._new_identity()
+
+
+os.register_at_fork(after_in_child=_renew_after_fork)

@@ -396,6 +396,12 @@ if op == 'reserve' then
   local scopes = prefixes(path)
   local missing = missing_bounds(scopes, amounts)
   if missing then return {'bounds', missing, num(now)} end
+  local existing = redis.call('HGET', HOLDS, id)
+  if existing then  -- a retry whose first reply was lost: the hold is already counted
+    local reply = {'ok', num(now), split_lines(existing)[3]}
+    for _, v in ipairs(flatten(states(scopes, amounts))) do reply[#reply + 1] = v end
+    return reply
+  end
   reclaim_expired()
   local rows, denial = check(scopes, amounts, true)
   if denial then return denial end
