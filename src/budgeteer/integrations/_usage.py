@@ -73,6 +73,9 @@ def usage_from_openai(usage: object, *, requests: int = 1) -> Usage:
     return Usage(
         input_tokens=input_tokens,
         cache_read_tokens=_count(details_in, "cached_tokens", where="usage.input_details"),
+        # Newer OpenAI SDKs (and the Agents SDK's Usage) also report cache writes, likewise
+        # inside the prompt total.
+        cache_write_tokens=_count(details_in, "cache_write_tokens", where="usage.input_details"),
         output_tokens=output_tokens,
         reasoning_tokens=_count(details_out, "reasoning_tokens", where="usage.output_details"),
         requests=requests,
