@@ -17,6 +17,10 @@ PUBLIC = {
     "RunReport", "ScopeUsage", "StepTimeout", "SystemClock", "UnknownModel",
     "UnknownReservation", "Usage", "Window", "__version__", "estimate_prompt_tokens",
     "parse_path",
+    # rate limits (budgeteer.limiters)
+    "Admission", "AsyncLimiter", "AsyncSlidingWindowBudget", "Concurrency", "KeyPolicy",
+    "Limiter", "Pacing", "Rate", "RateLimitConfig", "RateLimitResult", "RateLimiter",
+    "SlidingWindowBudget", "TokenBudget",
     # the degradation / exhaustion policy
     "CallPlan", "Degrade", "Grant", "GrantRecord", "Policy",
 }  # fmt: skip

@@ -531,7 +531,7 @@ class Window:
             end = start.replace(year=year, month=month)
         return _epoch(start, zone), _epoch(end, zone)
 
-    @property
+    @cached_property
     def buckets(self) -> int:
         """Rolling windows: how many buckets tile the span."""
         return self.seconds // self.granularity_s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 from budgeteer.ledger import AsyncLedger, Ledger
@@ -36,6 +37,20 @@ class FakeClock:
         with self._lock:
             self._now += seconds
             self._monotonic += seconds
+
+    def sleep(self, seconds: float) -> None:
+        """The sleep hook: advance the fake time by ``seconds`` at once, without waiting.
+
+        budgeteer's waiting code (``Limiter.acquire`` and friends) sleeps through its clock's
+        ``sleep`` (and ``async_sleep``) when it has one, so code under test that waits for a
+        window returns at once, with the fake time moved on as if it had waited.
+        """
+        self.advance(max(0.0, seconds))
+
+    async def async_sleep(self, seconds: float) -> None:
+        """``sleep`` for coroutines: advance the fake time, then let other tasks run once."""
+        self.advance(max(0.0, seconds))
+        await asyncio.sleep(0)
 
     def set(self, now: float) -> None:
         """Jump the epoch time to ``now`` (forward or back: simulates a stepped host clock)."""

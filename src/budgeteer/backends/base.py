@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from budgeteer.model import UNPRICED, LimitState
 
@@ -31,9 +31,9 @@ class WouldBlock(Exception):
     again in a worker thread."""
 
 
-@dataclass(slots=True)
-class Denial:
-    """Why a reservation was refused."""
+class Denial(NamedTuple):
+    """Why a reservation was refused. (A named tuple: a rate limiter builds one per refusal.
+    Test a result with ``isinstance(result, Denial)``, never ``isinstance(result, tuple)``.)"""
 
     state: LimitState
     requested: int

@@ -23,7 +23,7 @@ from budgeteer.ledger._core import (
     retry_after_for,
     window_of,
 )
-from budgeteer.model import LimitState
+from budgeteer.model import LimitState, Window
 
 SETTLED_MEMORY = 1_000_000
 """About how many settled reservation ids (at least half of this) the memory backend remembers
@@ -50,21 +50,25 @@ class _Scope:
 
 
 _Meter = CalendarMeter | RollingMeter | PacingMeter
-_Check = tuple[str, str, str, int, "_Meter | None", list[int], _Scope]
+_Check = tuple[str, str, str, int, "_Meter | None", list[int], _Scope, Window]
 """(scope name, dimension, window key, max units, windowed meter or None, the scope's
-[used, held] cell for the dimension, scope): everything one limit check touches."""
+[used, held] cell for the dimension, scope, window): everything one limit check touches."""
 
 
 class _Route:
     """What an operation with a given set of dimensions touches on a path, resolved once."""
 
-    __slots__ = ("cells", "checks")
+    __slots__ = ("cells", "checks", "simple", "single")
 
     def __init__(self, cells: tuple[tuple[list[int], str], ...], checks: tuple[_Check, ...]):
         self.cells = cells
         """Every (scope, dimension) cell, top scope first."""
         self.checks = checks
         """The limits on those dimensions, top scope first."""
+        self.simple = all(c[4] is None or c[4].__class__ is RollingMeter for c in checks)
+        """Only lifetime and rolling limits: ``admit``'s tight loop handles them inline."""
+        self.single = checks[0] if self.simple and len(checks) == 1 else None
+        """The one limit to check, when there is exactly one (a rate limiter's usual key)."""
 
 
 class _Plan:
@@ -93,7 +97,7 @@ class _Plan:
             )
             checks = tuple(
                 (name, dimension, window_key, max_units, scope.meters.get((dimension, window_key)),
-                 scope.cell(dimension), scope)
+                 scope.cell(dimension), scope, window_of(window_key))
                 for name, scope in zip(self.names, self.scopes, strict=True)
                 for (dimension, window_key), max_units in scope.limits.items()
                 if dimension in dimensions
@@ -120,7 +124,7 @@ class _Hold:
         self.expires_at = expires_at
 
 
-_new_state = tuple.__new__
+_new_state = _new_denial = tuple.__new__
 PLAN_CACHE_SIZE = 65536
 
 
@@ -212,7 +216,7 @@ class MemoryBackend:
                 self._compact_expiry()
             return checked
 
-    def admit(
+    def admit(  # noqa: PLR0915 - the rate limiter's hot path, unrolled on purpose
         self,
         path: str,
         scopes: tuple[str, ...],
@@ -229,19 +233,121 @@ class MemoryBackend:
                 plan = self._plan(path, scopes)
             if expect_limits >= 0 and plan.limit_count != expect_limits:
                 return None
-            route = plan.routes.get(tuple(amounts)) or plan.route(tuple(amounts))
-            checked = self._check(route, amounts, now, hold=False)
-            if checked.__class__ is Denial:
-                return checked
+            dimensions = tuple(amounts)
+            route = plan.routes.get(dimensions) or plan.route(dimensions)
+            single = route.single
+            if single is not None:
+                # One lifetime or rolling limit (a rate limiter's usual key): loops unrolled.
+                name, dimension, window_key, max_units, meter, cell, _, window = single
+                requested = amounts[dimension]
+                index = 0
+                if meter is None:
+                    used = cell[0]
+                else:
+                    buckets = meter.buckets  # type: ignore[union-attr]
+                    index = int(now // window.granularity_s)
+                    if buckets and buckets[0][0] < index - window.buckets:
+                        meter.refresh(window, now)
+                    used = meter.used
+                held = cell[1]
+                if used + held + requested > max_units:  # _core.crosses, inlined
+                    retry_after = None
+                    if meter is not None:
+                        # _core.rolling_retry_after: the first bucket whose leaving frees enough.
+                        over = used + held + requested - max_units
+                        freed = 0
+                        for bucket, amount in meter.buckets:  # type: ignore[union-attr]
+                            freed += amount
+                            if freed >= over:
+                                end = (bucket + window.buckets + 1) * window.granularity_s - now
+                                retry_after = end if end > 0.0 else 0.0
+                                break
+                    state = _new_state(
+                        LimitState, (name, dimension, window_key, max_units, used, held)
+                    )
+                    return _new_denial(Denial, (state, requested, retry_after))
+                for each, each_dimension in route.cells:
+                    each[0] += amounts[each_dimension]
+                if meter is not None:
+                    buckets = meter.buckets  # type: ignore[union-attr]
+                    if buckets and buckets[-1][0] >= index:
+                        buckets[-1][1] += requested
+                    else:
+                        buckets.append([index, requested])
+                    meter.used += requested
+                return (
+                    _new_state(
+                        LimitState,
+                        (name, dimension, window_key, max_units, used + requested, held),
+                    ),
+                )
+            if not route.simple:
+                return self._admit_general(route, amounts, now)
+            # The hot path of try_acquire: lifetime and rolling limits, written out flat.
+            checked = []
+            for name, dimension, window_key, max_units, meter, cell, _, window in route.checks:
+                requested = amounts[dimension]
+                if meter is None:
+                    used = cell[0]
+                else:
+                    buckets = meter.buckets  # type: ignore[union-attr]
+                    if (
+                        buckets
+                        and buckets[0][0] < int(now // window.granularity_s) - window.buckets
+                    ):
+                        meter.refresh(window, now)
+                    used = meter.used
+                held = cell[1]
+                if used + held + requested > max_units:  # _core.crosses, inlined
+                    retry_after = None
+                    if meter is not None:
+                        # _core.rolling_retry_after: the first bucket whose leaving frees enough.
+                        over = used + held + requested - max_units
+                        freed = 0
+                        for index, amount in meter.buckets:  # type: ignore[union-attr]
+                            freed += amount
+                            if freed >= over:
+                                end = (index + window.buckets + 1) * window.granularity_s - now
+                                retry_after = end if end > 0.0 else 0.0
+                                break
+                    state = _new_state(
+                        LimitState, (name, dimension, window_key, max_units, used, held)
+                    )
+                    return _new_denial(Denial, (state, requested, retry_after))
+                checked.append(
+                    _new_state(
+                        LimitState, (name, dimension, window_key, max_units, used + requested, held)
+                    )
+                )
             for cell, dimension in route.cells:
                 cell[0] += amounts[dimension]
-            for _, dimension, window_key, _, meter, _, _ in route.checks:
+            for _, dimension, _, _, meter, _, _, window in route.checks:
                 if meter is not None:
-                    if meter.__class__ is RollingMeter:
-                        meter.add(window_of(window_key), now, amounts[dimension])
-                    elif meter.__class__ is CalendarMeter:
-                        meter.used += amounts[dimension]
+                    amount = amounts[dimension]
+                    index = int(now // window.granularity_s)
+                    buckets = meter.buckets  # type: ignore[union-attr]
+                    if buckets and buckets[-1][0] >= index:
+                        buckets[-1][1] += amount
+                    else:
+                        buckets.append([index, amount])
+                    meter.used += amount
+            return tuple(checked)
+
+    def _admit_general(
+        self, route: _Route, amounts: Mapping[str, int], now: float
+    ) -> tuple[LimitState, ...] | Denial:
+        checked = self._check(route, amounts, now, hold=False)
+        if checked.__class__ is Denial:
             return checked
+        for cell, dimension in route.cells:
+            cell[0] += amounts[dimension]
+        for _, dimension, _, _, meter, _, _, window in route.checks:
+            if meter is not None:
+                if meter.__class__ is RollingMeter:
+                    meter.add(window, now, amounts[dimension])
+                elif meter.__class__ is CalendarMeter:
+                    meter.used += amounts[dimension]
+        return checked
 
     def _check(
         self, route: _Route, amounts: Mapping[str, int], now: float, *, hold: bool
@@ -253,13 +359,13 @@ class MemoryBackend:
         """
         checked: list[LimitState] = []
         paced: list[tuple[PacingMeter, float]] = []
-        for name, dimension, window_key, max_units, meter, cell, scope in route.checks:
+        for name, dimension, window_key, max_units, meter, cell, scope, window in route.checks:
             requested = amounts[dimension]
             held = cell[1]
             if meter is None:
                 used = cell[0]
             elif meter.__class__ is PacingMeter:
-                refill_s = window_of(window_key).refill_s
+                refill_s = window.refill_s
                 tat = meter.tat
                 admitted, value = pace(tat, now, requested, max_units, refill_s)
                 level = pacing_level(tat, now, max_units, refill_s)
@@ -275,7 +381,7 @@ class MemoryBackend:
                 )
                 continue
             else:
-                meter.refresh(window_of(window_key), now)
+                meter.refresh(window, now)
                 used = meter.used
             if used + held + requested > max_units:  # _core.crosses, inlined
                 state = LimitState(name, dimension, window_key, max_units, used, held)
@@ -470,7 +576,7 @@ class MemoryBackend:
                     else:
                         meter.used += amount
         over: list[LimitState] = []
-        for name, dimension, window_key, max_units, limit_meter, cell, _ in route.checks:
+        for name, dimension, window_key, max_units, limit_meter, cell, _, _ in route.checks:
             if limit_meter.__class__ is PacingMeter:
                 continue
             total = cell[0] if limit_meter is None else limit_meter.used

@@ -37,8 +37,8 @@ from budgeteer.model import LimitState
 _OPTIONS = {"time", "prefix", "cluster"}
 
 
-def _script_text() -> str:
-    return resources.files("budgeteer.backends").joinpath("lua/ledger.lua").read_text()
+def _script_text(name: str = "ledger") -> str:
+    return resources.files("budgeteer.backends").joinpath(f"lua/{name}.lua").read_text()
 
 
 class _RedisCore:
@@ -92,6 +92,8 @@ class _RedisCore:
                 else redis.Redis.from_url(client_url)
             )
         self._script = self._client.register_script(_script_text())
+        # The rate limiter's hot path: a lean script for admit (see lua/admit.lua).
+        self._admit_script = self._client.register_script(_script_text("admit"))
         # Calendar windows seen so far; their period bounds go with every call (see module doc).
         self._calendar: set[str] = set()
         self._lock = threading.Lock()
@@ -110,6 +112,19 @@ class _RedisCore:
             start, end = window_of(key).period_bounds(now)
             bounds.append(f"{key}={start!r}:{end!r}")
         return {"keys": [self._key(path)], "args": [op, stamp, ";".join(bounds), *args]}
+
+    def _admit_args(
+        self,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        expect_limits: int,
+    ) -> dict[str, list[Any]]:
+        args: list[Any] = ["" if self._server_time else repr(now), expect_limits, len(amounts)]
+        for pair in amounts.items():
+            args += pair
+        args += scopes
+        return {"keys": [self._key(scopes[0])], "args": args}
 
     def _needs_bounds(self, reply: Any, now: float) -> float | None:
         """The time to compute bounds for, if the script asked for a calendar window's bounds."""
@@ -138,6 +153,9 @@ class RedisBackend(_RedisCore):
         super().__init__(url, asynchronous=False)
         cluster = not hasattr(self._client, "connection_pool")
         self._direct = None if cluster else _DirectScript(self._client, _script_text())
+        # A retried admit after a broken connection may count once more than it admitted: an
+        # over-count, which only makes the limiter stricter, never lets more through.
+        self._direct_admit = None if cluster else _DirectScript(self._client, _script_text("admit"))
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:
@@ -188,8 +206,11 @@ class RedisBackend(_RedisCore):
         now: float,
         expect_limits: int = -1,
     ) -> tuple[LimitState, ...] | Denial | None:
-        del scopes
-        return _admit_result(self._run(path, "admit", now, path, _encode(amounts), expect_limits))
+        call = self._admit_script if self._direct_admit is None else self._direct_admit
+        reply = call(**self._admit_args(scopes, amounts, now, expect_limits))
+        if reply[0] == b"fallback":  # a calendar window or a due hold: the full script
+            reply = self._run(path, "admit", now, path, _encode(amounts), expect_limits)
+        return _admit_result(reply)
 
     def prune(self, scope: str, now: float) -> bool:
         return bool(self._run(scope, "prune", now, scope)[0])
@@ -233,8 +254,9 @@ class RedisBackend(_RedisCore):
 
     def close(self) -> None:
         """Close the connection pool (and the connections the script calls keep)."""
-        if self._direct is not None:
-            self._direct.close()
+        for direct in (self._direct, self._direct_admit):
+            if direct is not None:
+                direct.close()
         self._client.close()
 
 
@@ -354,10 +376,10 @@ class AsyncRedisBackend(_RedisCore):
         now: float,
         expect_limits: int = -1,
     ) -> tuple[LimitState, ...] | Denial | None:
-        del scopes
-        return _admit_result(
-            await self._run(path, "admit", now, path, _encode(amounts), expect_limits)
-        )
+        reply = await self._admit_script(**self._admit_args(scopes, amounts, now, expect_limits))
+        if reply[0] == b"fallback":
+            reply = await self._run(path, "admit", now, path, _encode(amounts), expect_limits)
+        return _admit_result(reply)
 
     async def prune(self, scope: str, now: float) -> bool:
         return bool((await self._run(scope, "prune", now, scope))[0])

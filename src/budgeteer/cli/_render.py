@@ -55,6 +55,8 @@ def window_text(window: Window) -> str:
     if window.kind == "rolling":
         short = f"rolling:{span_text(window.seconds)}"
         return short if parse_window(short) == window else window.key
+    if window.kind == "pacing":
+        return window.key
     name = _CALENDAR_NAMES[window.unit or "day"]
     if window.unit == "week" and window.week_start != 0:
         return window.key
@@ -78,7 +80,7 @@ def parse_window(text: str, tz: str | None = None) -> Window:
     for unit, name in _CALENDAR_NAMES.items():
         if value in (unit, name):
             return Window.calendar(unit, tz=tz or "UTC")  # type: ignore[arg-type]
-    if text.count(":") >= 2:
+    if text.count(":") >= 2 or value.startswith("pacing:"):
         return Window.from_key(text.strip())
     if value.startswith("rolling:"):
         span = value.removeprefix("rolling:")
