@@ -177,7 +177,9 @@ class _RunState:
         self.monotonic = monotonic
         self.deadline_s = _wall_time_cap(self.limits)
         self.started = 0.0
-        self.used = Usage(cost_usd=Decimal(0))
+        # The run's committed usage as a storage-unit vector (a Usage is built when read).
+        self.used_units: dict[str, int] = {}
+        self.cost_unknown = False
         self.model_calls = 0
         self.models: dict[str, int] = {}
         self.warned: set[tuple[str, str, Window]] = set()
@@ -192,6 +194,11 @@ class _RunState:
         self.summary_hold: Reservation | None = None
         self.wrapped_up = False
         self.grants: list[GrantRecord] = []
+
+    @property
+    def used(self) -> Usage:
+        """What the run has committed so far (cost ``None`` if any commit's cost was unknown)."""
+        return Usage.from_units(self.used_units, cost_known=not self.cost_unknown)
 
     # -- estimates and prices -------------------------------------------------------------------
 
@@ -218,9 +225,7 @@ class _RunState:
                 requests=1,
             )
         if usage.cost_usd is None and model is not None and self.pricing is not None:
-            usage = usage.replace(
-                cost_usd=self.pricing.price(model, usage, provider=provider).cost_usd
-            )
+            usage = usage.with_cost(self.pricing.price(model, usage, provider=provider).cost_usd)
         return usage
 
     def priced(
@@ -244,19 +249,27 @@ class _RunState:
             service_tier=service_tier,
             cache_write_1h_tokens=cache_write_1h_tokens,
         )
-        return usage.replace(cost_usd=price.cost_usd), price.metadata()
+        return usage.with_cost(price.cost_usd), price.metadata()
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
     def committed(self, usage: Usage, model: str | None = None) -> None:
-        self.used = self.used + usage
+        totals = self.used_units
+        for dimension, amount in usage.units.items():
+            totals[dimension] = totals.get(dimension, 0) + amount
+        if usage.cost_usd is None and usage.units:
+            self.cost_unknown = True
         if model:
             self.models[model] = self.models.get(model, 0) + 1
 
     def admitted(self, reservation: Reservation) -> None:
         """Track the open hold and warn about any limit it pushed past the soft threshold."""
         self.open_holds[reservation.id] = reservation
-        self.saw(reservation.headroom)
+        states = reservation.limit_states
+        if self.policy is not None or any(
+            s.max_units and s.used + s.held >= self.warn_at * s.max_units for s in states
+        ):
+            self.saw(reservation.headroom)  # API units are needed: convert
 
     def saw(self, heads: Sequence[LimitHeadroom]) -> None:
         """Warn about any limit an admission pushed past the soft threshold; feed the policy."""
@@ -429,7 +442,7 @@ class _RunState:
             self.stopped_by is not None and not self.wrap_up_available and self.policy
         ):
             return None
-        done = int(self.used.get(dimension))
+        done = self.used_units.get(dimension, 0)
         return BudgetExceeded(
             scope=self.path, dimension=dimension, limit=done, used=done, held=0, requested=1
         )

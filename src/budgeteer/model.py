@@ -298,25 +298,45 @@ class Usage:
         if not isinstance(other, Usage):
             return NotImplemented
         kwargs: dict[str, object] = {}
-        for f in fields(self):
-            if f.name.startswith("_"):
-                continue
-            a, b = getattr(self, f.name), getattr(other, f.name)
-            if f.name == "total_tokens":
-                kwargs[f.name] = self.tokens + other.tokens or None
-            elif f.name == "cost_usd":
-                kwargs[f.name] = None if a is None or b is None else a + b
+        for name in _USAGE_FIELDS:
+            a, b = getattr(self, name), getattr(other, name)
+            if name == "total_tokens":
+                kwargs[name] = self.tokens + other.tokens or None
+            elif name == "cost_usd":
+                kwargs[name] = None if a is None or b is None else a + b
             else:
-                kwargs[f.name] = a + b
+                kwargs[name] = a + b
         return Usage(**kwargs)  # type: ignore[arg-type]
+
+    def with_cost(self, cost_usd: Decimal | None) -> Usage:
+        """A copy with ``cost_usd`` set; only the cost is validated again (a pricing fast path)."""
+        cost: object = cost_usd
+        if cost is not None and not isinstance(cost, Decimal):
+            cost = _as_decimal("usage.cost_usd", cost)
+        units = {k: v for k, v in self._units.items() if k != "cost_usd"}
+        if cost is not None:
+            amount = to_units("cost_usd", cost, "usage.cost_usd")
+            if amount:
+                units["cost_usd"] = amount
+        copy = object.__new__(Usage)
+        for name in _USAGE_FIELDS:
+            object.__setattr__(copy, name, getattr(self, name))
+        object.__setattr__(copy, "cost_usd", cost)
+        object.__setattr__(copy, "_units", units)
+        charged = {**units, UNPRICED: 1} if cost is None and units else units
+        object.__setattr__(copy, "_charged", charged)
+        return copy
 
     def replace(self, **changes: object) -> Usage:
         """A copy with some fields changed (validated again)."""
-        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+        kwargs = {name: getattr(self, name) for name in _USAGE_FIELDS}
         if "total_tokens" not in changes and self.total_tokens is None:
             kwargs["total_tokens"] = None
         kwargs.update(changes)
         return Usage(**kwargs)
+
+
+_USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage) if not f.name.startswith("_"))
 
 
 def _as_decimal(field_name: str, value: object) -> Decimal:
