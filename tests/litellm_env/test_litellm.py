@@ -21,6 +21,7 @@ from typing import Any
 
 import genai_prices
 import httpx
+import litellm
 import pytest
 from litellm import ModelResponse
 from litellm.llms.custom_httpx.http_handler import HTTPHandler
@@ -351,6 +352,116 @@ def test_streamed_call_is_settled_from_the_final_usage_chunk(ledger: Ledger) -> 
     assert ledger.usage(PATH).used.cost_usd == expected
 
 
+def anthropic_sse(usage: dict[str, int], output_tokens: int, texts: list[str]) -> bytes:
+    """A recorded Messages API event stream: usage in message_start, output in message_delta."""
+    start = {
+        "id": "msg_02",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5-20250929",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": start}),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+    ]
+    events += [
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}},
+        )
+        for t in texts
+    ]
+    events += [
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": output_tokens},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return "".join(f"event: {e}\ndata: {json.dumps(d)}\n\n" for e, d in events).encode()
+
+
+def test_anthropic_stream_with_cache_is_settled_from_its_usage(ledger: Ledger) -> None:
+    sse = anthropic_sse(
+        {
+            "input_tokens": 100,
+            "cache_read_input_tokens": 2000,
+            "cache_creation_input_tokens": 500,
+            "output_tokens": 1,
+        },
+        300,
+        ["Hello there, ", "world."],
+    )
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=sse)
+
+    client = HTTPHandler(client=httpx.Client(transport=httpx.MockTransport(handler)))
+    with RunGuard(ledger, PATH, pricing=LiteLLMPricing()) as run:
+        stream = BudgetedLiteLLM(run).completion(
+            model="anthropic/claude-sonnet-4-5",
+            messages=MESSAGES,
+            max_tokens=500,
+            stream=True,
+            api_key="sk-test",
+            client=client,
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "Hello there, world."
+    assert sent[0]["stream"] is True
+    used = ledger.usage(PATH).used
+    assert (used.input_tokens, used.cache_read_tokens, used.cache_write_tokens) == (2600, 2000, 500)
+    assert used.output_tokens == 300
+    assert used.cost_usd == genai_cost(
+        "claude-sonnet-4-5",
+        "anthropic",
+        input_tokens=2600,
+        cache_read_tokens=2000,
+        cache_write_tokens=500,
+        output_tokens=300,
+    )
+
+
+def test_a_failed_call_releases_its_hold_and_charges_nothing(ledger: Ledger) -> None:
+    def overloaded(request: httpx.Request) -> httpx.Response:
+        del request
+        return httpx.Response(
+            529, json={"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+        )
+
+    client = HTTPHandler(client=httpx.Client(transport=httpx.MockTransport(overloaded)))
+    with RunGuard(ledger, PATH, pricing=LiteLLMPricing()) as run:
+        with pytest.raises(litellm.InternalServerError):
+            BudgetedLiteLLM(run).completion(
+                model="anthropic/claude-sonnet-4-5",
+                messages=MESSAGES,
+                max_tokens=100,
+                api_key="sk-test",
+                client=client,
+                num_retries=0,
+            )
+        assert ledger.usage(PATH).held.requests == 0
+    assert ledger.usage(PATH).used.requests == 0
+
+
 def _expected_abandoned(chunks: list[Any]) -> tuple[int, int]:
     generated = "".join(c.choices[0].delta.content or "" for c in chunks)
     output = max(len(chunks), math.ceil(len(generated.encode()) / BYTES_PER_TOKEN))
@@ -565,6 +676,46 @@ def test_escalation_grants_more_budget_and_the_loop_goes_on(ledger: Ledger) -> N
     assert done == 4
     assert [grant.new_limit for grant in run.report.grants] == [4]
     assert len(asked) == 2
+
+
+def test_stop_subagents_refuses_hops(ledger: Ledger) -> None:
+    policy = Policy(ladder=[Degrade.stop_subagents(at=0.5, dimension="requests")])
+    with RunGuard(
+        ledger, PATH, limits=[Limit("requests", 2)], pricing=LiteLLMPricing(), policy=policy
+    ) as run:
+        llm = BudgetedLiteLLM(run)
+        llm.hop()
+        llm.completion(model="gpt-4o", messages=MESSAGES, mock_response="ok")
+        with pytest.raises(BudgetExceeded) as caught:
+            llm.hop()
+    assert caught.value.dimension == "agent_hops"
+    assert ledger.usage(PATH).used.agent_hops == 1
+
+
+async def test_async_summary_mode_wraps_up_on_the_reserve(aledger: AsyncLedger) -> None:
+    policy = Policy(
+        on_exhausted="summary",
+        summary_reserve=Usage(input_tokens=300, output_tokens=40, requests=1),
+    )
+    responses = []
+    async with AsyncRunGuard(
+        aledger, PATH, limits=[Limit("requests", 3)], pricing=LiteLLMPricing(), policy=policy
+    ) as run:
+        llm = AsyncBudgetedLiteLLM(run)
+        while not llm.wrapped_up:
+            responses.append(
+                await llm.acompletion(
+                    model="gpt-4o", messages=MESSAGES, max_tokens=300, mock_response="ok"
+                )
+            )
+    assert len(responses) == 3
+    assert [r._hidden_params.get("budgeteer_final", False) for r in responses] == [
+        False,
+        False,
+        True,
+    ]
+    assert run.report.status == "stopped"
+    assert (await aledger.usage(PATH)).used.requests == 3
 
 
 # -- one call on a ledger and path ---------------------------------------------------------------
