@@ -307,6 +307,21 @@ def test_a_model_litellm_prices_at_zero_is_charged_its_real_price(ledger: Ledger
     assert ledger.usage(PATH).used.cost_usd == expected
 
 
+def test_unusable_usage_charges_the_estimate_and_returns_the_response(ledger: Ledger) -> None:
+    broken = reasoning_response("gpt-4o")
+    broken.usage.prompt_tokens_details.cached_tokens = 5000  # more than the prompt: nonsense
+    with RunGuard(ledger, PATH, pricing=LiteLLMPricing()) as run:
+        response = BudgetedLiteLLM(run).completion(
+            model="gpt-4o", messages=MESSAGES, max_tokens=64, mock_response=broken
+        )
+    assert response is broken
+    used = ledger.usage(PATH).used
+    assert (used.input_tokens, used.output_tokens) == (estimate_prompt_tokens(MESSAGES), 64)
+    assert used.cost_usd == genai_cost(
+        "gpt-4o", "openai", input_tokens=estimate_prompt_tokens(MESSAGES), output_tokens=64
+    )
+
+
 @pytest.mark.parametrize(
     ("model", "provider"),
     [

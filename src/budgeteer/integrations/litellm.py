@@ -25,6 +25,12 @@ seen; so is a stream whose provider sent no usage. Close streams inside the run:
 open when the guard exits is released by the guard, and a later close can then only charge the
 ledger directly, with an unknown cost.
 
+Under a ``summary`` policy the last call runs on the reserve held back at the start: no tools,
+``max_tokens`` from the reserve, and ``summary_prompt`` appended as a user message, whether the
+plan foresaw it or the refusal only came at admission. Its response carries
+``_hidden_params["budgeteer_final"] = True`` and the wrapper's ``wrapped_up`` turns True: end
+the loop there (``guard.report.status`` is ``"stopped"``); a further call raises.
+
 ``completion(ledger=..., path=..., ...)`` and ``acompletion(...)`` are the same for one call under
 its own short run, for code without a guard.
 """
@@ -279,11 +285,19 @@ def _prompt(messages: Sequence[object], request: Mapping[str, Any]) -> list[obje
 
 
 def _response_usage(response: object) -> Usage | None:
-    """The usage LiteLLM reported, normalised; ``None`` if it reported none."""
-    reported = getattr(response, "usage", None)
+    """The usage LiteLLM reported, normalised; ``None`` if it reported none (or nonsense)."""
+    return _normalised(getattr(response, "usage", None))
+
+
+def _normalised(reported: object) -> Usage | None:
     if reported is None:
         return None
-    return usage_from_openai(reported)
+    try:
+        return usage_from_openai(reported)
+    except InvalidInput as error:
+        # The call has happened: charge the estimate rather than fail the caller's response.
+        logger.warning("unusable usage from LiteLLM (%s); the estimate is charged", error)
+        return None
 
 
 def _mark_final(response: object) -> None:
@@ -334,19 +348,19 @@ class _StreamTally:
 
     def usage(self, *, complete: bool, estimate: Usage) -> Usage:
         """The usage to settle: the reported one at a normal end, else an estimate."""
-        if complete and self.reported is not None:
-            return usage_from_openai(self.reported)
+        reported = _normalised(self.reported)
+        if complete and reported is not None:
+            return reported
         # Abandoned (or the provider never sent usage): the prompt was processed in full, so
         # charge the reserved prompt estimate; output is at least one token per chunk that
         # carried text and at least the pessimistic bytes-per-token count of that text.
         output = max(self.chunks, math.ceil(self.bytes / BYTES_PER_TOKEN))
         input_tokens = estimate.input_tokens
         cache_read = 0
-        if self.reported is not None:
-            partial = usage_from_openai(self.reported)
-            output = max(output, partial.output_tokens)
-            if partial.input_tokens:
-                input_tokens, cache_read = partial.input_tokens, partial.cache_read_tokens
+        if reported is not None:  # a partial report (some providers send usage early)
+            output = max(output, reported.output_tokens)
+            if reported.input_tokens:
+                input_tokens, cache_read = reported.input_tokens, reported.cache_read_tokens
         return Usage(
             input_tokens=input_tokens,
             cache_read_tokens=cache_read,
