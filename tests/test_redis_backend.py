@@ -110,3 +110,56 @@ async def test_async_ledger_uses_the_asyncio_client_and_stays_exact(server_url: 
     assert sum(counts) == 25
     assert (await ledger.usage(ORG)).used.requests == 25
     await ledger.close()
+
+
+def test_a_killed_connection_is_replaced_without_losing_or_doubling_a_hold(
+    server_url: str, redis_url: str
+) -> None:
+    ledger = Ledger(server_url)
+    ledger.set_limit(ORG, Limit("requests", 10))
+    first = ledger.reserve(f"{ORG}/run:a", Usage(requests=1))
+    admin = redis.Redis.from_url(redis_url)
+    # Drop every normal client connection, ours included: the next call gets a broken socket.
+    admin.client_kill_filter(_type="normal", skipme=True)
+    second = ledger.reserve(f"{ORG}/run:a", Usage(requests=2))
+    ledger.commit(first, Usage(requests=1))
+    ledger.commit(second, Usage(requests=2))
+    assert ledger.usage(ORG).used.requests == 3
+    assert ledger.usage(ORG).held == Usage()
+    admin.close()
+    ledger.close()
+
+
+def test_a_retried_reserve_counts_its_hold_once(server_url: str) -> None:
+    # The script is idempotent by id: a reserve whose reply was lost and is sent again (as the
+    # backend does once on a broken connection) finds its hold and adds nothing.
+    ledger = Ledger(server_url)
+    ledger.set_limit(ORG, Limit("requests", 10))
+    backend = ledger._backend.inner  # type: ignore[attr-defined]
+    args = ("org:acme#retry-1", f"{ORG}/run:a", (ORG, f"{ORG}/run:a"), {"requests": 4})
+    first = backend.reserve(*args, 1.0, 301.0)
+    again = backend.reserve(*args, 1.0, 301.0)
+    assert [s.held for s in first] == [s.held for s in again] == [4]
+    assert ledger.usage(ORG).held.requests == 4
+    ledger.close()
+
+
+def test_a_forked_child_uses_its_own_connection(server_url: str) -> None:
+    import multiprocessing
+
+    ledger = Ledger(server_url)
+    ledger.set_limit(ORG, Limit("requests", 100))
+    ledger.charge(f"{ORG}/run:parent", Usage(requests=1))  # the parent's connection is open
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=_charge_five, args=(ledger,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    ledger.charge(f"{ORG}/run:parent", Usage(requests=1))
+    assert ledger.usage(ORG).used.requests == 7
+    ledger.close()
+
+
+def _charge_five(ledger: Ledger) -> None:
+    for _ in range(5):
+        ledger.charge(f"{ORG}/run:child", Usage(requests=1))

@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Literal
 
 from budgeteer.errors import BudgetExceeded, InvalidInput, StepTimeout
 from budgeteer.ledger import AsyncLedger, Ledger
-from budgeteer.model import Limit, LimitHeadroom, Reservation, Usage, Window, parse_path
+from budgeteer.model import (
+    Limit,
+    LimitHeadroom,
+    Reservation,
+    Usage,
+    Window,
+    parse_path,
+)
 from budgeteer.policy import (
     CallPlan,
     Degrade,
@@ -171,7 +178,7 @@ class _RunState:
         self.used = Usage(cost_usd=Decimal(0))
         self.model_calls = 0
         self.models: dict[str, int] = {}
-        self.warned: set[tuple[str, str, str]] = set()
+        self.warned: set[tuple[str, str, Window]] = set()
         self.warnings: list[BudgetWarning] = []
         self.stopped_by: BudgetExceeded | None = None
         self.finished: RunReport | None = None
@@ -240,28 +247,31 @@ class _RunState:
     def admitted(self, reservation: Reservation) -> None:
         """Track the open hold and warn about any limit it pushed past the soft threshold."""
         self.open_holds[reservation.id] = reservation
-        for state in reservation.limit_states:
-            if not state.max_units:
+        self.saw(reservation.headroom)
+
+    def saw(self, heads: Sequence[LimitHeadroom]) -> None:
+        """Warn about any limit an admission pushed past the soft threshold; feed the policy."""
+        for head in heads:
+            if not head.limit:
                 continue
-            fraction = (state.used + state.held) / state.max_units
-            key = (state.scope, state.dimension, state.window_key)
+            fraction = head.fraction
+            key = (head.scope, head.dimension, head.window)
             if fraction < self.warn_at or key in self.warned:
                 continue
             self.warned.add(key)
-            head = LimitHeadroom.from_state(state)
-            warning = BudgetWarning(state.scope, state.dimension, head.window, fraction, head.limit)
+            warning = BudgetWarning(head.scope, head.dimension, head.window, fraction, head.limit)
             self.warnings.append(warning)
             logger.warning(
                 "budget warning: %s %s at %.0f%% of %s",
-                state.scope,
-                state.dimension,
+                head.scope,
+                head.dimension,
                 fraction * 100,
                 head.limit,
             )
             if self.on_warning is not None:
                 self.on_warning(warning)
         if self.policy is not None:
-            self.observe(reservation.headroom)
+            self.observe(heads)
 
     # -- the policy ------------------------------------------------------------------------------
 
@@ -887,9 +897,14 @@ class RunGuard(_GuardBase):
         raise error
 
     def _admit(self, usage: Usage) -> None:
-        reservation = self._reserve(usage)
-        self.ledger.commit(reservation, usage)
-        self._state.settled(reservation, usage)
+        state = self._state
+        state.check_deadline()
+        try:
+            heads = self.ledger.admit(state.path, usage).limits
+        except BudgetExceeded as error:
+            raise state.stop(error) from None
+        state.saw(heads)
+        state.committed(usage)
 
     def _settle_call(
         self,
@@ -1148,9 +1163,14 @@ class AsyncRunGuard(_GuardBase):
         raise error
 
     async def _admit(self, usage: Usage) -> None:
-        reservation = await self._reserve(usage)
-        await self.ledger.commit(reservation, usage)
-        self._state.settled(reservation, usage)
+        state = self._state
+        state.check_deadline()
+        try:
+            heads = (await self.ledger.admit(state.path, usage)).limits
+        except BudgetExceeded as error:
+            raise state.stop(error) from None
+        state.saw(heads)
+        state.committed(usage)
 
     async def _settle_call(
         self,

@@ -67,11 +67,28 @@ Every backend, including Redis' Lua (whose numbers are doubles), adds such integ
 
 _TIME_DIMENSIONS = frozenset({"wall_time_s", "cpu_time_s"})
 
+COUNTER_PREFIX = "counter:"
+"""Named counters (``"counter:<name>"``) are dimensions of their own: whole counts, one unit each.
+
+They can be limited, held and charged through the rate limiters and the backends like any
+dimension, but a ``Usage`` (whose fields are the fixed ``DIMENSIONS``) cannot carry them.
+"""
+_COUNTER = re.compile(r"counter:[a-z][a-z0-9_]{0,47}")
+
+
+def is_counter(dimension: str) -> bool:
+    """True for a well-formed named counter such as ``"counter:in_flight"``."""
+    return isinstance(dimension, str) and _COUNTER.fullmatch(dimension) is not None
+
 
 def check_dimension(dimension: str, field_name: str = "dimension") -> str:
-    """Return ``dimension`` if it is known, else raise ``InvalidInput`` naming it."""
-    if dimension not in UNITS_PER:
-        raise InvalidInput(field_name, dimension, f"unknown dimension; use one of {DIMENSIONS}")
+    """Return ``dimension`` if it is known (or a named counter), else raise ``InvalidInput``."""
+    if dimension not in UNITS_PER and not is_counter(dimension):
+        raise InvalidInput(
+            field_name,
+            dimension,
+            f"unknown dimension; use one of {DIMENSIONS} or a 'counter:<name>'",
+        )
     return dimension
 
 
@@ -85,7 +102,9 @@ def to_units(dimension: str, amount: object, field_name: str | None = None) -> i
     name = field_name or dimension
     scale = UNITS_PER.get(dimension)
     if scale is None:
-        raise InvalidInput(name, dimension, f"unknown dimension; use one of {DIMENSIONS}")
+        if not is_counter(dimension):
+            raise InvalidInput(name, dimension, f"unknown dimension; use one of {DIMENSIONS}")
+        scale = 1
     if isinstance(amount, bool):
         raise InvalidInput(name, amount, "expected a number, not a bool")
     if isinstance(amount, int):
@@ -268,6 +287,8 @@ class Usage:
         kwargs: dict[str, object] = {}
         for name, amount in units.items():
             check_dimension(name, "units")
+            if name.startswith(COUNTER_PREFIX):
+                continue  # named counters are not fields of a Usage
             kwargs[name] = from_units(name, amount)
         if "cost_usd" not in kwargs and cost_known:
             kwargs["cost_usd"] = Decimal(0) if units else None
@@ -314,7 +335,7 @@ def _as_decimal(field_name: str, value: object) -> Decimal:
 # --------------------------------------------------------------------------------------------
 # Windows
 
-WindowKind = Literal["lifetime", "rolling", "calendar"]
+WindowKind = Literal["lifetime", "rolling", "calendar", "pacing"]
 CalendarUnit = Literal["day", "week", "month"]
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 DEFAULT_ROLLING_BUCKETS = 60
@@ -330,6 +351,11 @@ class Window:
       a rolling limit may refuse up to one granule early but never lets more than the limit
       through in any span of ``seconds``.
     * ``calendar``: the current day, week (starting on ``week_start``) or month in ``tz``.
+    * ``pacing``: a token bucket (GCRA) holding the limit's ``max`` that refills from empty in
+      ``refill_s``, i.e. at ``max / refill_s`` per second; a request of *n* is admitted when the
+      bucket holds *n*. It paces *admissions* (reserve and admit): a commit, charge or release
+      neither fills nor drains it, and holds do not count against it. The state is one
+      timestamp per limit.
 
     Build windows with the class methods, e.g. ``Window.rolling(hours=5)`` or
     ``Window.calendar("month", tz="Europe/Berlin")``.
@@ -347,6 +373,8 @@ class Window:
     """Calendar windows: the IANA time zone whose midnight starts a period."""
     week_start: int = 0
     """Calendar weeks: the first day, 0 = Monday ... 6 = Sunday."""
+    refill_us: int = 0
+    """Pacing windows: microseconds for an empty bucket to refill to the limit's ``max``."""
 
     @classmethod
     def lifetime(cls) -> Window:
@@ -417,6 +445,30 @@ class Window:
         return cls(kind="calendar", unit=unit, tz=tz, week_start=first if unit == "week" else 0)
 
     @classmethod
+    def pacing(cls, refill_s: float | timedelta) -> Window:
+        """A token bucket that refills from empty to the limit's ``max`` in ``refill_s``.
+
+        ``Limit("requests", 10, Window.pacing(0.1))`` admits a burst of at most 10 and then one
+        request every 10 ms (100 per second). ``refill_s`` is kept in whole microseconds.
+        """
+        span = refill_s.total_seconds() if isinstance(refill_s, timedelta) else refill_s
+        if (
+            isinstance(span, bool)
+            or not isinstance(span, int | float)
+            or not math.isfinite(span)
+            or not 1e-6 <= span <= 366 * 86400
+        ):
+            raise InvalidInput(
+                "window.refill_s", refill_s, "expected seconds between 1e-6 and one year"
+            )
+        return cls(kind="pacing", refill_us=round(span * 1_000_000))
+
+    @property
+    def refill_s(self) -> float:
+        """Pacing windows: the refill time in seconds."""
+        return self.refill_us / 1_000_000
+
+    @classmethod
     def daily(cls, tz: str = "UTC") -> Window:
         """Shorthand for ``Window.calendar("day", tz=tz)``."""
         return cls.calendar("day", tz=tz)
@@ -438,6 +490,8 @@ class Window:
             return "lifetime"
         if self.kind == "rolling":
             return f"rolling:{self.seconds}:{self.granularity_s}"
+        if self.kind == "pacing":
+            return f"pacing:{self.refill_us}"
         return f"calendar:{self.unit}:{self.tz}:{self.week_start}"
 
     @classmethod
@@ -451,6 +505,8 @@ class Window:
             return "lifetime"
         if self.kind == "rolling":
             return f"{span_text(self.seconds)} rolling"
+        if self.kind == "pacing":
+            return f"bucket refilled in {self.refill_s:g}s"
         extra = f", from {_WEEKDAYS[self.week_start]}" if self.unit == "week" else ""
         return f"calendar {self.unit} ({self.tz}{extra})"
 
@@ -509,6 +565,8 @@ def _window_from_key(key: str) -> Window:
             return LIFETIME
         if parts[0] == "rolling" and len(parts) == 3:
             return Window.rolling(int(parts[1]), granularity_s=int(parts[2]))
+        if parts[0] == "pacing" and len(parts) == 2 and parts[1].isdigit():
+            return Window.pacing(int(parts[1]) / 1_000_000)
         if parts[0] == "calendar" and len(parts) == 4:
             return Window.calendar(parts[1], tz=parts[2], week_start=int(parts[3]))  # type: ignore[arg-type]
     except ValueError:

@@ -7,7 +7,12 @@ from types import SimpleNamespace
 import pytest
 
 from budgeteer import InvalidInput
-from budgeteer.integrations import usage_from_anthropic, usage_from_langchain, usage_from_openai
+from budgeteer.integrations import (
+    usage_from_anthropic,
+    usage_from_langchain,
+    usage_from_openai,
+    usage_from_pydantic_ai,
+)
 
 
 def test_openai_chat_usage_keeps_cached_and_reasoning_inside_the_totals() -> None:
@@ -92,3 +97,40 @@ def test_bad_counts_name_the_field(bad: object) -> None:
         usage_from_openai({"prompt_tokens": bad, "completion_tokens": 1})
     assert caught.value.field == "usage.prompt_tokens"
     assert caught.value.value == bad
+
+
+def test_pydantic_ai_request_usage_is_copied_not_added() -> None:
+    from pydantic_ai.usage import RequestUsage
+
+    # Pydantic AI already counts the cache inside input_tokens (Anthropic included) and the
+    # reasoning inside output_tokens.
+    reported = RequestUsage(
+        input_tokens=12_500,
+        cache_read_tokens=10_000,
+        cache_write_tokens=500,
+        output_tokens=900,
+        output_reasoning_tokens=600,
+    )
+    usage = usage_from_pydantic_ai(reported)
+    assert (usage.input_tokens, usage.cache_read_tokens, usage.cache_write_tokens) == (
+        12_500,
+        10_000,
+        500,
+    )
+    assert (usage.output_tokens, usage.reasoning_tokens) == (900, 600)
+    assert usage.tokens == 13_400
+    assert usage.requests == 1
+    assert usage.cost_usd is None
+
+
+def test_pydantic_ai_reasoning_from_details_of_older_releases() -> None:
+    usage = usage_from_pydantic_ai(
+        {"input_tokens": 40, "output_tokens": 30, "details": {"reasoning_tokens": 20}}
+    )
+    assert (usage.output_tokens, usage.reasoning_tokens) == (30, 20)
+
+
+def test_pydantic_ai_bad_count_names_the_field() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        usage_from_pydantic_ai({"input_tokens": -1})
+    assert caught.value.field == "usage.input_tokens"

@@ -25,6 +25,12 @@ _NO_METADATA: Mapping[str, str] = MappingProxyType({})
 # a request object (or a frozen dataclass, about six times dearer) is pure overhead there.
 
 
+class WouldBlock(Exception):
+    """Raised by a blocking backend asked not to wait (``call_without_waiting``) when the
+    operation would have to wait for another writer; nothing was done, so the driver runs it
+    again in a worker thread."""
+
+
 @dataclass(slots=True)
 class Denial:
     """Why a reservation was refused."""
@@ -104,6 +110,35 @@ class Backend(Protocol):
 
         Expired holds are reclaimed first. Returns the ``Denial`` (nothing changed) or the
         limits checked, as they are after the hold.
+        """
+        ...
+
+    def admit(
+        self,
+        path: str,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        expect_limits: int = -1,
+    ) -> tuple[LimitState, ...] | Denial | None:
+        """A checked charge: check every limit on ``scopes`` as ``reserve`` does and, if all
+        fit, record ``amounts`` as used (not held), atomically. One step where a reserve and a
+        commit would take two; it leaves no hold and no settled record (not idempotent: a
+        rate-limit admission, not a bill).
+
+        ``expect_limits`` (if not negative) is how many limits the caller believes the path's
+        scopes carry; if the store holds a different number, nothing is done and ``None`` is
+        returned, so a caller that installs limits lazily can install them again. Returns the
+        ``Denial`` (nothing changed), ``None``, or the limits checked as they are after.
+        """
+        ...
+
+    def prune(self, scope: str, now: float) -> bool:
+        """Forget ``scope``'s limits, windows and totals if nothing on it is live, atomically.
+
+        Live: a hold, usage inside a windowed limit's current window (rolling span or calendar
+        period), a pacing bucket not yet empty, or usage under a lifetime limit. Returns
+        ``True`` if the scope was forgotten (a later operation sees a scope without limits).
         """
         ...
 

@@ -15,8 +15,11 @@ from budgeteer.backends.base import (
 from budgeteer.errors import ReservationSettled, UnknownReservation
 from budgeteer.ledger._core import (
     CalendarMeter,
+    PacingMeter,
     RollingMeter,
     deny,
+    pace,
+    pacing_level,
     retry_after_for,
     window_of,
 )
@@ -37,7 +40,7 @@ class _Scope:
         # (dimension, window_key) -> max_units
         self.limits: dict[tuple[str, str], int] = {}
         # (dimension, window_key) -> meter, for windowed limits only
-        self.meters: dict[tuple[str, str], CalendarMeter | RollingMeter] = {}
+        self.meters: dict[tuple[str, str], CalendarMeter | RollingMeter | PacingMeter] = {}
 
     def cell(self, dimension: str) -> list[int]:
         cell = self.cells.get(dimension)
@@ -46,7 +49,7 @@ class _Scope:
         return cell
 
 
-_Meter = CalendarMeter | RollingMeter
+_Meter = CalendarMeter | RollingMeter | PacingMeter
 _Check = tuple[str, str, str, int, "_Meter | None", list[int], _Scope]
 """(scope name, dimension, window key, max units, windowed meter or None, the scope's
 [used, held] cell for the dimension, scope): everything one limit check touches."""
@@ -67,7 +70,7 @@ class _Route:
 class _Plan:
     """A path's scopes and their limits, valid while no limit changes (``version``)."""
 
-    __slots__ = ("metered", "names", "path", "routes", "scopes", "version")
+    __slots__ = ("limit_count", "metered", "names", "path", "routes", "scopes", "version")
 
     def __init__(
         self, version: int, path: str, names: tuple[str, ...], scopes: tuple[_Scope, ...]
@@ -77,6 +80,7 @@ class _Plan:
         self.names = names
         self.scopes = scopes
         self.metered = tuple(scope for scope in scopes if scope.meters)
+        self.limit_count = sum(len(scope.limits) for scope in scopes)
         self.routes: dict[tuple[str, ...], _Route] = {}
 
     def route(self, dimensions: tuple[str, ...]) -> _Route:
@@ -153,7 +157,11 @@ class MemoryBackend:
             window = window_of(window_key)
             if window.kind != "lifetime" and (dimension, window_key) not in state.meters:
                 state.meters[(dimension, window_key)] = (
-                    RollingMeter() if window.kind == "rolling" else CalendarMeter()
+                    RollingMeter()
+                    if window.kind == "rolling"
+                    else PacingMeter()
+                    if window.kind == "pacing"
+                    else CalendarMeter()
                 )
 
     def remove_limit(self, scope: str, dimension: str, window_key: str) -> bool:
@@ -193,32 +201,127 @@ class MemoryBackend:
             if plan is None or plan.version != self._version:
                 plan = self._plan(path, scopes)
             route = plan.routes.get(tuple(amounts)) or plan.route(tuple(amounts))
-            checked: list[LimitState] = []
-            for name, dimension, window_key, max_units, meter, cell, scope in route.checks:
-                requested = amounts[dimension]
-                if meter is None:
-                    used = cell[0]
-                else:
-                    meter.refresh(window_of(window_key), now)
-                    used = meter.used
-                held = cell[1]
-                if used + held + requested > max_units:  # _core.crosses, inlined
-                    state = LimitState(name, dimension, window_key, max_units, used, held)
-                    retry_after = self._retry_after(scope, state, amounts, now)
-                    return deny(state, amounts, retry_after)
-                checked.append(
-                    _new_state(
-                        LimitState,
-                        (name, dimension, window_key, max_units, used, held + requested),
-                    )
-                )
+            checked = self._check(route, amounts, now, hold=True)
+            if checked.__class__ is Denial:
+                return checked
             for cell, dimension in route.cells:
                 cell[1] += amounts[dimension]
             self._holds[reservation_id] = _Hold(path, plan, route, amounts, expires_at)
             heapq.heappush(expiry, (expires_at, reservation_id))
             if len(expiry) > 2 * len(self._holds) + 1024:
                 self._compact_expiry()
-            return tuple(checked)
+            return checked
+
+    def admit(
+        self,
+        path: str,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        expect_limits: int = -1,
+    ) -> tuple[LimitState, ...] | Denial | None:
+        with self._lock:
+            expiry = self._expiry
+            if expiry and expiry[0][0] <= now:
+                self._expire(now)
+            plan = self._plans.get(path)
+            if plan is None or plan.version != self._version:
+                plan = self._plan(path, scopes)
+            if expect_limits >= 0 and plan.limit_count != expect_limits:
+                return None
+            route = plan.routes.get(tuple(amounts)) or plan.route(tuple(amounts))
+            checked = self._check(route, amounts, now, hold=False)
+            if checked.__class__ is Denial:
+                return checked
+            for cell, dimension in route.cells:
+                cell[0] += amounts[dimension]
+            for _, dimension, window_key, _, meter, _, _ in route.checks:
+                if meter is not None:
+                    if meter.__class__ is RollingMeter:
+                        meter.add(window_of(window_key), now, amounts[dimension])
+                    elif meter.__class__ is CalendarMeter:
+                        meter.used += amounts[dimension]
+            return checked
+
+    def _check(
+        self, route: _Route, amounts: Mapping[str, int], now: float, *, hold: bool
+    ) -> tuple[LimitState, ...] | Denial:
+        """Check every limit of ``route``; advance pacing buckets only if all admit.
+
+        The states returned are as after the operation: ``held`` grows by the request for a
+        hold, ``used`` for an admission.
+        """
+        checked: list[LimitState] = []
+        paced: list[tuple[PacingMeter, float]] = []
+        for name, dimension, window_key, max_units, meter, cell, scope in route.checks:
+            requested = amounts[dimension]
+            held = cell[1]
+            if meter is None:
+                used = cell[0]
+            elif meter.__class__ is PacingMeter:
+                refill_s = window_of(window_key).refill_s
+                tat = meter.tat
+                admitted, value = pace(tat, now, requested, max_units, refill_s)
+                level = pacing_level(tat, now, max_units, refill_s)
+                if not admitted or value is None:
+                    state = LimitState(name, dimension, window_key, max_units, level, 0)
+                    return deny(state, amounts, value)
+                paced.append((meter, value))
+                checked.append(
+                    _new_state(
+                        LimitState,
+                        (name, dimension, window_key, max_units, level + requested, 0),
+                    )
+                )
+                continue
+            else:
+                meter.refresh(window_of(window_key), now)
+                used = meter.used
+            if used + held + requested > max_units:  # _core.crosses, inlined
+                state = LimitState(name, dimension, window_key, max_units, used, held)
+                retry_after = self._retry_after(scope, state, amounts, now)
+                return deny(state, amounts, retry_after)
+            checked.append(
+                _new_state(
+                    LimitState,
+                    (name, dimension, window_key, max_units, used, held + requested)
+                    if hold
+                    else (name, dimension, window_key, max_units, used + requested, held),
+                )
+            )
+        for meter, tat in paced:
+            meter.tat = tat
+        return tuple(checked)
+
+    def prune(self, scope: str, now: float) -> bool:
+        """Forget ``scope`` (its limits, meters and totals) if nothing on it is live.
+
+        Live means: a hold on it, usage inside a windowed limit's current window, a pacing
+        bucket not yet empty, or lifetime usage under a lifetime limit.
+        """
+        with self._lock:
+            if self._expiry and self._expiry[0][0] <= now:
+                self._expire(now)
+            state = self._scopes.get(scope)
+            if state is None:
+                return False
+            if any(cell[1] for cell in state.cells.values()):
+                return False
+            for dimension, window_key in state.limits:
+                meter = state.meters.get((dimension, window_key))
+                if meter is None:
+                    if state.cells.get(dimension, (0, 0))[0]:
+                        return False
+                elif isinstance(meter, PacingMeter):
+                    if meter.tat > now:
+                        return False
+                else:
+                    meter.refresh(window_of(window_key), now)
+                    if meter.used:
+                        return False
+            del self._scopes[scope]
+            self._version += 1
+            return True
 
     def commit(
         self,
@@ -318,6 +421,10 @@ class MemoryBackend:
             for (dimension, window_key), max_units in scope.limits.items():
                 meter = scope.meters.get((dimension, window_key))
                 cell = scope.cells.get(dimension, (0, 0))
+                if isinstance(meter, PacingMeter):
+                    level = pacing_level(meter.tat, now, max_units, window_of(window_key).refill_s)
+                    states.append(LimitState(name, dimension, window_key, max_units, level, 0))
+                    continue
                 if meter is None:
                     used = cell[0]
                 else:
@@ -334,7 +441,9 @@ class MemoryBackend:
         if isinstance(meter, RollingMeter):
             buckets = ((index, amount) for index, amount in meter.buckets)
             return retry_after_for(state, requested, now, rolling_buckets=buckets)
-        return retry_after_for(state, requested, now, calendar=meter)
+        return retry_after_for(
+            state, requested, now, calendar=meter if isinstance(meter, CalendarMeter) else None
+        )
 
     def _record(
         self,
@@ -350,6 +459,8 @@ class MemoryBackend:
             cell[0] += actual[dimension]
         for scope in plan.metered:
             for (dimension, window_key), meter in scope.meters.items():
+                if meter.__class__ is PacingMeter:
+                    continue  # a bucket paces admissions; commits do not fill it
                 window = window_of(window_key)
                 meter.refresh(window, now)
                 amount = actual.get(dimension, 0)
@@ -360,6 +471,8 @@ class MemoryBackend:
                         meter.used += amount
         over: list[LimitState] = []
         for name, dimension, window_key, max_units, limit_meter, cell, _ in route.checks:
+            if limit_meter.__class__ is PacingMeter:
+                continue
             total = cell[0] if limit_meter is None else limit_meter.used
             if total > max_units:
                 over.append(LimitState(name, dimension, window_key, max_units, total, cell[1]))

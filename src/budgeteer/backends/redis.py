@@ -18,7 +18,9 @@ Options (URL query): ``time=server|client``, ``prefix=<key prefix>`` (default ``
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -134,6 +136,8 @@ class RedisBackend(_RedisCore):
 
     def __init__(self, url: str) -> None:
         super().__init__(url, asynchronous=False)
+        cluster = not hasattr(self._client, "connection_pool")
+        self._direct = None if cluster else _DirectScript(self._client, _script_text())
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:
@@ -143,8 +147,9 @@ class RedisBackend(_RedisCore):
     def _run(self, path: str, op: str, now: float, *args: str | int | float) -> Any:
         """Run ``op``; retry with the bounds the server asked for (see module doc)."""
         when = now
+        call = self._script if self._direct is None else self._direct
         for _ in range(3):
-            reply = self._script(**self._call_args(path, op, when, args))
+            reply = call(**self._call_args(path, op, when, args))
             next_when = self._needs_bounds(reply, now)
             if next_when is None:
                 return reply
@@ -174,6 +179,20 @@ class RedisBackend(_RedisCore):
         return _reserve_result(
             self._run(path, "reserve", now, reservation_id, path, _encode(amounts), ttl)
         )
+
+    def admit(
+        self,
+        path: str,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        expect_limits: int = -1,
+    ) -> tuple[LimitState, ...] | Denial | None:
+        del scopes
+        return _admit_result(self._run(path, "admit", now, path, _encode(amounts), expect_limits))
+
+    def prune(self, scope: str, now: float) -> bool:
+        return bool(self._run(scope, "prune", now, scope)[0])
 
     def commit(
         self,
@@ -213,8 +232,71 @@ class RedisBackend(_RedisCore):
         return _meters_result(self._run(scope, "meters", now, scope))
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool (and the connections the script calls keep)."""
+        if self._direct is not None:
+            self._direct.close()
         self._client.close()
+
+
+class _DirectScript:
+    """``EVALSHA`` on a connection each thread keeps, bypassing the client's per-command layers.
+
+    redis-py's ``Redis.evalsha`` spends about as long in its own machinery (pool checkout,
+    retry and observability wrappers) as the round trip itself; this sends the packed command
+    and reads the reply on a connection taken from the same pool once per thread (and again
+    after a fork). A call that fails on a broken connection is retried once on a fresh one:
+    every script operation is idempotent by its id, reserve included.
+    """
+
+    def __init__(self, client: Any, text: str) -> None:
+        import redis.exceptions
+
+        self._pool = client.connection_pool
+        self._text = text
+        self._sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+        self._local = threading.local()
+        self._taken: list[Any] = []
+        self._taken_lock = threading.Lock()
+        self._no_script = redis.exceptions.NoScriptError
+        self._broken = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+    def _connection(self) -> Any:
+        pid = os.getpid()
+        held = getattr(self._local, "held", None)
+        if held is not None and held[0] == pid:
+            return held[1]
+        connection = self._pool.get_connection()
+        self._local.held = (pid, connection)
+        with self._taken_lock:
+            self._taken.append(connection)
+        return connection
+
+    def __call__(self, keys: Sequence[str], args: Sequence[object]) -> Any:
+        for attempt in range(2):
+            connection = self._connection()
+            try:
+                return self._evalsha(connection, keys, args)
+            except self._broken:
+                connection.disconnect()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _evalsha(self, connection: Any, keys: Sequence[str], args: Sequence[object]) -> Any:
+        try:
+            connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            return connection.read_response()
+        except self._no_script:
+            connection.send_command("SCRIPT", "LOAD", self._text)
+            connection.read_response()
+            connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            return connection.read_response()
+
+    def close(self) -> None:
+        with self._taken_lock:
+            taken, self._taken = self._taken, []
+        for connection in taken:
+            connection.disconnect()
 
 
 class AsyncRedisBackend(_RedisCore):
@@ -263,6 +345,22 @@ class AsyncRedisBackend(_RedisCore):
         return _reserve_result(
             await self._run(path, "reserve", now, reservation_id, path, _encode(amounts), ttl)
         )
+
+    async def admit(
+        self,
+        path: str,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        expect_limits: int = -1,
+    ) -> tuple[LimitState, ...] | Denial | None:
+        del scopes
+        return _admit_result(
+            await self._run(path, "admit", now, path, _encode(amounts), expect_limits)
+        )
+
+    async def prune(self, scope: str, now: float) -> bool:
+        return bool((await self._run(scope, "prune", now, scope))[0])
 
     async def commit(
         self,
@@ -325,6 +423,12 @@ def _reserve_result(reply: Any) -> tuple[LimitState, ...] | Denial:
         state = LimitState(scope, dimension, window_key, max_units, used, held)
         return Denial(state, requested, float(wait) if wait else None)
     return _states(reply[3:])
+
+
+def _admit_result(reply: Any) -> tuple[LimitState, ...] | Denial | None:
+    if reply[0] == b"stale":
+        return None
+    return _reserve_result(reply)
 
 
 def _commit_result(reply: Any, reservation_id: str) -> CommitOutcome:

@@ -75,7 +75,7 @@ class ResilientBackend:
         self.blocking = inner.blocking
         self.remote = inner.remote
         self._retrying = Retrying(
-            stop=stop_after_attempt(attempts),
+            stop=stop_after_attempt(max(attempts - 1, 1)),  # after the first, direct try
             wait=wait_exponential(multiplier=0.01, max=max_wait_s),
             retry=retry_if_exception(_is_outage),
             reraise=True,
@@ -99,9 +99,14 @@ class ResilientBackend:
         """Deliver the queue, then run ``function``; ``StoreDown`` if the store is unreachable."""
         try:
             self._flush()
-            if retry:
-                return self._retrying(function, *args)
-            return function(*args)
+            if not retry:
+                return function(*args)
+            try:  # the common case stays out of tenacity's bookkeeping
+                return function(*args)
+            except Exception as error:
+                if not _is_outage(error):
+                    raise
+            return self._retrying(function, *args)
         except BudgeteerError:
             raise
         except Exception as error:
@@ -171,6 +176,33 @@ class ResilientBackend:
             outage = BackendUnavailable(self.url, "reserve", str(down))
             outage.__cause__ = down.__cause__
             raise _denial(path, amounts) from outage
+
+    def admit(
+        self,
+        path: str,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        expect_limits: int = -1,
+    ) -> tuple[LimitState, ...] | Denial | None:
+        try:
+            return self._call(self.inner.admit, path, scopes, amounts, now, expect_limits)
+        except StoreDown as down:
+            if self.policy == "raise":
+                raise down.__cause__ from None  # type: ignore[misc]
+            if self.policy == "allow":
+                # Admitted against the emergency budget; nothing is queued (an admission is
+                # a rate decision, not spend to deliver later).
+                local = self._local.admit(path, (_EMERGENCY_SCOPE,), amounts, now)
+                if local is not None and not isinstance(local, Denial):
+                    return local
+            outage = BackendUnavailable(self.url, "admit", str(down))
+            outage.__cause__ = down.__cause__
+            raise _denial(path, amounts) from outage
+
+    def prune(self, scope: str, now: float) -> bool:
+        pruned: bool = self._raise_down(self._call, self.inner.prune, scope, now)
+        return pruned
 
     def commit(
         self,

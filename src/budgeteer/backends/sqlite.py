@@ -18,16 +18,18 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from budgeteer.backends.base import (
     CommitOutcome,
     Denial,
     ScopeMeters,
+    WouldBlock,
     path_prefixes,
 )
 from budgeteer.errors import InvalidInput, ReservationSettled, UnknownReservation
@@ -35,10 +37,14 @@ from budgeteer.ledger._core import (
     CalendarMeter,
     crosses,
     deny,
+    pace,
+    pacing_level,
     retry_after_for,
     window_of,
 )
 from budgeteer.model import LimitState
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 2
 
@@ -159,8 +165,9 @@ class _Row:
         return self.total_used if self.meter_used is None else self.meter_used
 
     def state(self) -> LimitState:
+        held = 0 if self.window_key.startswith("pacing:") else self.held  # buckets ignore holds
         return LimitState(
-            self.scope, self.dimension, self.window_key, self.max_units, self.used, self.held
+            self.scope, self.dimension, self.window_key, self.max_units, self.used, held
         )
 
 
@@ -266,10 +273,32 @@ class SQLiteBackend:
             self._local.holder = holder
         return holder.conn, holder.lock_fd
 
+    def call_without_waiting(self, function: Callable[..., T], *args: object) -> T:
+        """Run one operation here and now, or raise ``WouldBlock`` before doing anything if
+        another writer holds the file.
+
+        ``AsyncLedger`` tries this on the event loop first: an uncontended transaction takes
+        tens of microseconds, while a hop to a worker thread costs more than that. Only with
+        ``durability=process`` (a power-loss commit waits for fsync, too long for a loop).
+        """
+        if self.durability != "process":
+            raise WouldBlock
+        self._local.nonblocking = True
+        try:
+            return function(*args)
+        finally:
+            self._local.nonblocking = False
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         conn, lock_fd = self._connection()
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        if getattr(self._local, "nonblocking", False):
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise WouldBlock from None
+        else:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -340,27 +369,11 @@ class SQLiteBackend:
             version, next_expiry = conn.execute(_STATE).fetchone()
             if next_expiry is not None and next_expiry <= now:
                 next_expiry = self._expire(conn, now)
-            limits = [k for k in self._limits(conn, path, scopes, version) if k[1] in amounts]
-            totals = self._totals(conn, scopes, amounts) if limits else {}
-            states: list[LimitState] = []
-            meters: list[_Row] = []
-            for key in limits:
-                scope, dimension, window_key, max_units = key
-                requested = amounts[dimension]
-                used, held = totals.get((scope, dimension), (0, 0))
-                row = None
-                if window_key != "lifetime":
-                    row = self._meter(conn, key, now)
-                    used = row.used
-                    meters.append(row)
-                if crosses(used, held, requested, max_units):
-                    state = LimitState(scope, dimension, window_key, max_units, used, held)
-                    retry_after = self._retry_after(conn, row, state, amounts, now) if row else None
-                    self._write_meters(conn, meters)
-                    return deny(state, amounts, retry_after)
-                states.append(
-                    LimitState(scope, dimension, window_key, max_units, used, held + requested)
-                )
+            all_limits = self._limits(conn, path, scopes, version)
+            checked = self._check(conn, all_limits, scopes, amounts, now, hold=True)
+            if isinstance(checked, Denial):
+                return checked
+            states, meters = checked
             self._write_meters(conn, meters)
             self._add_totals(conn, [(s, d, 0, a) for s in scopes for d, a in amounts.items()])
             conn.execute(
@@ -370,6 +383,128 @@ class SQLiteBackend:
             if next_expiry is None or expires_at < next_expiry:
                 conn.execute("UPDATE state SET next_expiry = ?", (expires_at,))
         return tuple(states)
+
+    def admit(
+        self,
+        path: str,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        expect_limits: int = -1,
+    ) -> tuple[LimitState, ...] | Denial | None:
+        with self._transaction() as conn:
+            version, next_expiry = conn.execute(_STATE).fetchone()
+            if next_expiry is not None and next_expiry <= now:
+                self._expire(conn, now)
+            all_limits = self._limits(conn, path, scopes, version)
+            if expect_limits >= 0 and len(all_limits) != expect_limits:
+                return None
+            checked = self._check(conn, all_limits, scopes, amounts, now, hold=False)
+            if isinstance(checked, Denial):
+                return checked
+            states, meters = checked
+            for row in meters:
+                window = window_of(row.window_key)
+                if window.kind == "pacing":
+                    continue
+                amount = amounts[row.dimension]
+                row.meter_used = (row.meter_used or 0) + amount
+                row.dirty = True
+                if window.kind == "rolling" and amount:
+                    conn.execute(
+                        "INSERT INTO buckets VALUES (?, ?, ?, ?, ?) ON CONFLICT"
+                        " (scope, dimension, window, bucket) DO UPDATE SET amount = amount + ?",
+                        (
+                            row.scope,
+                            row.dimension,
+                            row.window_key,
+                            int(now // window.granularity_s),
+                            amount,
+                            amount,
+                        ),
+                    )
+            self._write_meters(conn, meters)
+            self._add_totals(conn, [(s, d, a, 0) for s in scopes for d, a in amounts.items()])
+        return tuple(states)
+
+    def _check(
+        self,
+        conn: sqlite3.Connection,
+        all_limits: tuple[LimitKey, ...],
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        now: float,
+        *,
+        hold: bool,
+    ) -> tuple[list[LimitState], list[_Row]] | Denial:
+        """Check the limits on ``amounts``' dimensions; pacing buckets advance only if all fit.
+
+        Returns the states as after the operation and the windowed meters read (to be written
+        back by the caller), or the ``Denial`` (meters refreshed and written, nothing else).
+        """
+        limits = [k for k in all_limits if k[1] in amounts]
+        totals = self._totals(conn, scopes, amounts) if limits else {}
+        states: list[LimitState] = []
+        meters: list[_Row] = []
+        paced: list[tuple[_Row, float]] = []
+        for key in limits:
+            scope, dimension, window_key, max_units = key
+            requested = amounts[dimension]
+            used, held = totals.get((scope, dimension), (0, 0))
+            row = None
+            if window_key != "lifetime":
+                row = self._meter(conn, key, now)
+                meters.append(row)
+                if window_key.startswith("pacing:"):
+                    tat = row.meter_start or 0.0
+                    refill_s = window_of(window_key).refill_s
+                    admitted, value = pace(tat, now, requested, max_units, refill_s)
+                    level = row.used
+                    if not admitted or value is None:
+                        self._write_meters(conn, meters)
+                        state = LimitState(scope, dimension, window_key, max_units, level, 0)
+                        return deny(state, amounts, value)
+                    paced.append((row, value))
+                    states.append(
+                        LimitState(scope, dimension, window_key, max_units, level + requested, 0)
+                    )
+                    continue
+                used = row.used
+            if crosses(used, held, requested, max_units):
+                state = LimitState(scope, dimension, window_key, max_units, used, held)
+                retry_after = self._retry_after(conn, row, state, amounts, now) if row else None
+                self._write_meters(conn, meters)
+                return deny(state, amounts, retry_after)
+            states.append(
+                LimitState(scope, dimension, window_key, max_units, used, held + requested)
+                if hold
+                else LimitState(scope, dimension, window_key, max_units, used + requested, held)
+            )
+        for row, tat in paced:
+            row.meter_start, row.dirty = tat, True
+        return states, meters
+
+    def prune(self, scope: str, now: float) -> bool:
+        with self._transaction() as conn:
+            self._expire_due(conn, now)
+            held = conn.execute(
+                "SELECT count(*) FROM totals WHERE scope = ? AND held != 0", (scope,)
+            ).fetchone()[0]
+            if held:
+                return False
+            rows = self._rows(conn, (scope,), now)
+            for row in rows:
+                if row.window_key.startswith("pacing:"):
+                    if (row.meter_start or 0.0) > now:
+                        return False
+                elif row.used:
+                    return False
+            found = conn.execute("DELETE FROM totals WHERE scope = ?", (scope,)).rowcount
+            for table in ("limits", "meters", "buckets"):
+                found += conn.execute(f"DELETE FROM {table} WHERE scope = ?", (scope,)).rowcount
+            if rows:
+                conn.execute(_BUMP_LIMITS_VERSION)
+        return bool(found)
 
     def commit(
         self,
@@ -503,6 +638,12 @@ class SQLiteBackend:
         window = window_of(row.window_key)
         if row.meter_used is None:  # limit set by an older writer without a meter row
             row.meter_start, row.meter_end, row.meter_used, row.dirty = 0.0, 0.0, 0, True
+        if window.kind == "pacing":
+            # meter_start is the bucket's tat; meter_used only reports its level (not stored).
+            row.meter_used = pacing_level(
+                row.meter_start or 0.0, now, row.max_units, window.refill_s
+            )
+            return
         if window.kind == "calendar":
             if now >= (row.meter_end or 0.0):
                 row.meter_start, row.meter_end = window.period_bounds(now)
@@ -591,6 +732,8 @@ class SQLiteBackend:
         meters: list[_Row] = []
         for key in limits:
             scope, dimension, window_key, max_units = key
+            if window_key.startswith("pacing:"):
+                continue  # a bucket paces admissions; commits do not fill it
             used_before, held_before = totals.get((scope, dimension), (0, 0))
             used = used_before + actual[dimension]
             held_now = held_before - held.get(dimension, 0)

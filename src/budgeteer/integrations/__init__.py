@@ -10,6 +10,12 @@ from budgeteer.integrations._usage import (
     usage_from_anthropic,
     usage_from_langchain,
     usage_from_openai,
+    usage_from_pydantic_ai,
 )
 
-__all__ = ["usage_from_anthropic", "usage_from_langchain", "usage_from_openai"]
+__all__ = [
+    "usage_from_anthropic",
+    "usage_from_langchain",
+    "usage_from_openai",
+    "usage_from_pydantic_ai",
+]

@@ -13,6 +13,11 @@ Every provider counts tokens a little differently, and these are the accounting 
   ``cache_creation_input_tokens`` come on top. They are added back, so input is counted once.
 * LangChain's ``usage_metadata`` already follows the OpenAI nesting
   (``input_token_details.cache_read`` / ``cache_creation``, ``output_token_details.reasoning``).
+* Pydantic AI's ``RequestUsage`` normalises every provider to the same nesting before we see it
+  (its ``input_tokens`` includes ``cache_read_tokens`` and ``cache_write_tokens`` even for
+  Anthropic and Bedrock; ``output_reasoning_tokens`` is inside ``output_tokens``), so the fields
+  are copied, never added. Releases before ``output_reasoning_tokens`` existed kept the reasoning
+  count in ``details["reasoning_tokens"]``.
 
 The functions accept SDK objects (attributes) or plain dicts (keys) and never price: cost stays
 ``None`` so the guard prices the usage with budgeteer's own table.
@@ -25,7 +30,12 @@ from collections.abc import Mapping
 from budgeteer.errors import InvalidInput
 from budgeteer.model import Usage
 
-__all__ = ["usage_from_anthropic", "usage_from_langchain", "usage_from_openai"]
+__all__ = [
+    "usage_from_anthropic",
+    "usage_from_langchain",
+    "usage_from_openai",
+    "usage_from_pydantic_ai",
+]
 
 
 def _field(source: object, name: str) -> object:
@@ -99,5 +109,25 @@ def usage_from_langchain(usage_metadata: object, *, requests: int = 1) -> Usage:
         ),
         output_tokens=_count(usage_metadata, "output_tokens", where="usage_metadata"),
         reasoning_tokens=_count(details_out, "reasoning", where="usage_metadata.output_details"),
+        requests=requests,
+    )
+
+
+def usage_from_pydantic_ai(usage: object, *, requests: int = 1) -> Usage:
+    """Normalise a Pydantic AI ``RequestUsage`` (``ModelResponse.usage``).
+
+    Args:
+        usage: ``pydantic_ai.usage.RequestUsage`` or the equivalent dict.
+        requests: Model requests this usage covers (one response by default).
+    """
+    reasoning = _count(usage, "output_reasoning_tokens", where="usage")
+    if not reasoning:
+        reasoning = _count(_field(usage, "details"), "reasoning_tokens", where="usage.details")
+    return Usage(
+        input_tokens=_count(usage, "input_tokens", where="usage"),
+        cache_read_tokens=_count(usage, "cache_read_tokens", where="usage"),
+        cache_write_tokens=_count(usage, "cache_write_tokens", where="usage"),
+        output_tokens=_count(usage, "output_tokens", where="usage"),
+        reasoning_tokens=reasoning,
         requests=requests,
     )

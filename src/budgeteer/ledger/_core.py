@@ -8,6 +8,7 @@ The Redis backend's Lua script implements the same rules; the contract suite che
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 
@@ -80,6 +81,56 @@ class RollingMeter:
         self.used += amount
 
 
+PACING_SLACK_S = 1e-6
+"""Float slack of a pacing decision. Epoch seconds near 1.8e9 are doubles with a resolution of
+about 2.4e-7 s, so a bucket can admit up to this much early (a relative error of 1e-4 at 100 per
+second); never more than ``max`` at once."""
+
+
+class PacingMeter:
+    """A token bucket kept as GCRA's one number: the theoretical arrival time ``tat``.
+
+    The bucket (capacity ``max``, refilled in ``refill_s``) holds ``(tat - now) / interval``
+    units, where ``interval = refill_s / max``; it is empty when ``tat <= now``.
+    """
+
+    __slots__ = ("tat", "used")
+
+    def __init__(self, tat: float = 0.0) -> None:
+        self.tat = tat
+        self.used = 0  # only so that code reading ``meter.used`` generically gets a number
+
+    def refresh(self, window: Window, now: float) -> None:
+        """Nothing to forget: the bucket drains by itself as ``now`` passes ``tat``."""
+
+
+def pacing_level(tat: float, now: float, max_units: int, refill_s: float) -> int:
+    """Units in the bucket at ``now`` (reported as the limit's ``used``), rounded up."""
+    if tat <= now or max_units <= 0:
+        return 0
+    level = math.ceil((tat - now) * max_units / refill_s - 1e-4)
+    return min(max(level, 0), max_units)
+
+
+def pace(
+    tat: float, now: float, requested: int, max_units: int, refill_s: float
+) -> tuple[bool, float | None]:
+    """GCRA's admission rule: ``(True, new_tat)`` or ``(False, retry_after)``.
+
+    ``retry_after`` is ``None`` when the request is larger than the bucket.
+    """
+    if requested <= 0:
+        return True, tat
+    if requested > max_units:
+        return False, None
+    base = tat if tat > now else now
+    new_tat = base + requested * refill_s / max_units
+    wait = new_tat - refill_s - now
+    if wait <= PACING_SLACK_S:
+        return True, new_tat
+    return False, wait
+
+
 def rolling_retry_after(
     window: Window, buckets: Iterable[tuple[int, int]], over_units: int, now: float
 ) -> float | None:
@@ -112,6 +163,8 @@ def retry_after_for(
     """When waiting would admit ``requested`` against ``state``; ``None`` if it never would."""
     window = window_of(state.window_key)
     over = state.used + state.held + requested - state.max_units
+    if window.kind == "pacing":
+        return None  # pacing denials carry their own retry_after (see ``pace``)
     if window.kind == "rolling":
         return rolling_retry_after(window, rolling_buckets, over, now)
     if window.kind == "calendar" and calendar is not None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import secrets
+import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -51,6 +53,8 @@ CommitArgs = tuple[str, Mapping[str, int], float, Mapping[str, str]]
 """(reservation id, actual, now, metadata): ``Backend.commit``'s arguments."""
 ChargeArgs = tuple[str, str, tuple[str, ...], Mapping[str, int], float, Mapping[str, str]]
 """(charge id, path, scopes, actual, now, metadata): ``Backend.charge``'s arguments."""
+AdmitArgs = tuple[str, tuple[str, ...], Mapping[str, int], float]
+"""(path, scopes, amounts, now): ``Backend.admit``'s leading arguments."""
 NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
@@ -74,12 +78,18 @@ class LedgerFrontend:
         self.backend = backend
         self.clock = clock or SYSTEM_CLOCK
         self.default_ttl_s = self.check_ttl(default_ttl_s, "default_ttl_s")
+        self._new_identity()
+        _FRONTENDS.add(self)
+        self._now = self.clock.now
+
+    def _new_identity(self) -> None:
         # A random prefix keeps ids unique across processes; the counter keeps them cheap.
+        # A forked child gets a new prefix (see _renew_after_fork): else the parent and the
+        # child would hand out the same ids, and an idempotent charge would count only once.
         self._id_prefix = secrets.token_hex(6) + "-"
         self._ids = itertools.count(1)
         # path -> (its scopes, the id prefix of its hierarchy): parsed once per path.
         self._paths: dict[str, tuple[tuple[str, ...], str]] = {}
-        self._now = self.clock.now
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -194,24 +204,24 @@ class LedgerFrontend:
 
     # -- outputs ------------------------------------------------------------------------------
 
+    def admit_args(self, path: str, usage: object) -> AdmitArgs:
+        """Validated arguments of ``Backend.admit`` (without ``expect_limits``)."""
+        entry = self._paths.get(path) or self._entry(path)
+        checked = usage if type(usage) is Usage else as_usage(usage, "usage")
+        return path, entry[0], checked.units, self._now()
+
+    @staticmethod
+    def admitted(path: str, result: tuple[LimitState, ...] | Denial | None) -> Headroom:
+        if isinstance(result, Denial):
+            raise exceeded(result)
+        return Headroom(path, tuple(LimitHeadroom.from_state(s) for s in result or ()))
+
     @staticmethod
     def reservation(
         args: ReserveArgs, result: tuple[LimitState, ...] | Denial, usage: Usage
     ) -> Reservation:
         if isinstance(result, Denial):
-            denial = result
-            state = denial.state
-            dimension = state.dimension
-            raise BudgetExceeded(
-                scope=state.scope,
-                dimension=dimension,
-                limit=from_units(dimension, state.max_units),
-                used=from_units(dimension, state.used),
-                held=from_units(dimension, state.held),
-                requested=from_units(dimension, denial.requested),
-                window=Window.from_key(state.window_key),
-                retry_after=denial.retry_after,
-            )
+            raise exceeded(result)
         reservation_id, path, _, _, now, expires_at = args
         return Reservation(reservation_id, path, usage, now, expires_at, result)
 
@@ -258,6 +268,22 @@ class LedgerFrontend:
         )
 
 
+def exceeded(denial: Denial) -> BudgetExceeded:
+    """The ``BudgetExceeded`` that a backend's ``Denial`` stands for, in API units."""
+    state = denial.state
+    dimension = state.dimension
+    return BudgetExceeded(
+        scope=state.scope,
+        dimension=dimension,
+        limit=from_units(dimension, state.max_units),
+        used=from_units(dimension, state.used),
+        held=from_units(dimension, state.held),
+        requested=from_units(dimension, denial.requested),
+        window=Window.from_key(state.window_key),
+        retry_after=denial.retry_after,
+    )
+
+
 def _overrun(state: LimitState) -> Overrun:
     dimension = state.dimension
     return Overrun(
@@ -267,3 +293,14 @@ def _overrun(state: LimitState) -> Overrun:
         limit=from_units(dimension, state.max_units),
         used=from_units(dimension, state.used),
     )
+
+
+_FRONTENDS: weakref.WeakSet[LedgerFrontend] = weakref.WeakSet()
+
+
+def _renew_after_fork() -> None:
+    for frontend in list(_FRONTENDS):
+        frontend._new_identity()
+
+
+os.register_at_fork(after_in_child=_renew_after_fork)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from budgeteer._clock import Clock
 from budgeteer.backends import open_backend
-from budgeteer.backends.base import Backend
+from budgeteer.backends.base import Backend, WouldBlock
 from budgeteer.errors import BackendUnavailable, BudgeteerError, ReservationSettled
 from budgeteer.ledger._frontend import DEFAULT_TTL_S, LedgerFrontend, UsageLike
 from budgeteer.model import Charge, Headroom, Limit, Reservation, ScopeUsage, Usage, Window
@@ -113,6 +114,20 @@ class AsyncLedger:
         outcome = await self._call("charge", self._backend.charge, *args)
         return self._front.charge(outcome, args[0], checked)
 
+    async def admit(self, path: str, usage: UsageLike) -> Headroom:
+        """See ``Ledger.admit``."""
+        args = self._front.admit_args(path, usage)
+        result = await self._call("admit", self._backend.admit, *args)
+        return self._front.admitted(path, result)
+
+    async def prune(self, scope: str) -> bool:
+        """See ``Ledger.prune``."""
+        self._front.scopes(scope)
+        pruned: bool = await self._call(
+            "prune", self._backend.prune, scope, self._front.clock.now()
+        )
+        return pruned
+
     @asynccontextmanager
     async def hold(
         self, path: str, usage: UsageLike, *, ttl_s: float | None = None
@@ -156,6 +171,10 @@ class AsyncLedger:
     async def _call(self, operation: str, function: Callable[..., Any], *args: object) -> Any:
         try:
             if self._backend.blocking:
+                inline = getattr(self._backend, "call_without_waiting", None)
+                if inline is not None:
+                    with contextlib.suppress(WouldBlock):
+                        return inline(function, *args)
                 return await asyncio.to_thread(function, *args)
             result = function(*args)
             # A native async backend (Redis' asyncio client) returns coroutines to await.

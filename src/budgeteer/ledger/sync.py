@@ -156,6 +156,34 @@ class Ledger:
         outcome = self._call("charge", self._backend.charge, *args)
         return self._front.charge(outcome, args[0], checked)
 
+    def admit(self, path: str, usage: UsageLike) -> Headroom:
+        """Check every limit on ``path`` and, if all fit, record ``usage`` as used: one step.
+
+        A checked charge: what ``reserve`` then ``commit`` of the same amount would do, in one
+        atomic operation (one round trip on Redis), leaving no hold. For rate limits and other
+        admissions whose amount is known up front. Not idempotent (no id), and not written to
+        the audit log of settled reservations.
+
+        Returns:
+            The limits checked, as they are after the admission.
+
+        Raises:
+            BudgetExceeded: some limit would be crossed; nothing was recorded.
+        """
+        args = self._front.admit_args(path, usage)
+        result = self._call("admit", self._backend.admit, *args)
+        return self._front.admitted(path, result)
+
+    def prune(self, scope: str) -> bool:
+        """Forget ``scope``'s limits, windows and totals if nothing on it is live.
+
+        Nothing is forgotten while the scope has a hold, usage inside a window's current span
+        or period, a pacing bucket not yet empty, or usage under a lifetime limit. Returns
+        ``True`` if the scope was forgotten.
+        """
+        self._front.scopes(scope)
+        return self._call("prune", self._backend.prune, scope, self._front.clock.now())
+
     @contextmanager
     def hold(
         self, path: str, usage: UsageLike, *, ttl_s: float | None = None

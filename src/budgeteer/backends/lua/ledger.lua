@@ -11,7 +11,8 @@
 --
 -- Per scope S: hash P:s:S holds u:<dim> (lifetime used), h:<dim> (held) and windowed meters
 -- (m:<dim>|<window> used, ms:/me: a calendar period's bounds, mh:/ml: a rolling window's oldest
--- and newest bucket, b:<dim>|<window>|<index> a bucket); hash P:l:S maps "<dim>|<window>" to the
+-- and newest bucket, b:<dim>|<window>|<index> a bucket, pt:<dim>|<window> a pacing bucket's
+-- theoretical arrival time); hash P:l:S maps "<dim>|<window>" to the
 -- cap. P:holds maps a hold id to "path\ncreated\nexpires\namounts", P:expiry orders them by
 -- expiry, and P:r:<id> records a settled id (kept RETENTION seconds) for idempotent retries.
 
@@ -72,7 +73,31 @@ local function window_of(wkey)
     seconds, gran = tonumber(seconds), tonumber(gran)
     return {kind = 'rolling', seconds = seconds, gran = gran, buckets = seconds / gran}
   end
+  local us = string.match(wkey, '^pacing:(%d+)$')
+  if us then return {kind = 'pacing', refill = tonumber(us) / 1000000} end
   return {kind = 'calendar'}
+end
+
+-- Pacing windows are GCRA token buckets (budgeteer.ledger._core.pace and pacing_level): one
+-- timestamp, the theoretical arrival time, per limit.
+local PACING_SLACK = 1e-6
+local function pacing_level(tat, max, refill)
+  if tat <= now or max <= 0 then return 0 end
+  local level = math.ceil((tat - now) * max / refill - 1e-4)
+  if level < 0 then level = 0 end
+  if level > max then level = max end
+  return level
+end
+
+local function pace(tat, requested, max, refill)
+  if requested <= 0 then return true, tat end
+  if requested > max then return false, nil end
+  local base = tat
+  if now > base then base = now end
+  local new_tat = base + requested * refill / max
+  local wait = new_tat - refill - now
+  if wait <= PACING_SLACK then return true, new_tat end
+  return false, wait
 end
 
 -- Bring a windowed meter up to now and return its used amount (bounds checked beforehand).
@@ -222,8 +247,8 @@ local function record(path, actual, order)
     for _, limit in ipairs(limits_of(scope)) do
       local dim, wkey, max = limit[1], limit[2], limit[3]
       local amount = actual[dim]
-      if amount then
-        local window = window_of(wkey)
+      local window = window_of(wkey)
+      if amount and window.kind ~= 'pacing' then  -- buckets pace admissions, not commits
         local used
         if window.kind == 'lifetime' then
           used = totals[dim]
@@ -251,11 +276,17 @@ local function states(scopes, only)
       local dim, wkey, max = limit[1], limit[2], limit[3]
       if not only or only[dim] then
         local window = window_of(wkey)
-        local counters = redis.call('HMGET', s, 'u:' .. dim, 'h:' .. dim)
-        local used = tonumber(counters[1] or '0')
-        if window.kind ~= 'lifetime' then used = refresh(scope, dim, wkey, window) end
-        local held = tonumber(counters[2] or '0')
-        out[#out + 1] = {scope, dim, wkey, max, used, held, window}
+        if window.kind == 'pacing' then
+          local tat = tonumber(redis.call('HGET', s, 'pt:' .. limit[4]) or '0')
+          local used = pacing_level(tat, max, window.refill)
+          out[#out + 1] = {scope, dim, wkey, max, used, 0, window, tat}
+        else
+          local counters = redis.call('HMGET', s, 'u:' .. dim, 'h:' .. dim)
+          local used = tonumber(counters[1] or '0')
+          if window.kind ~= 'lifetime' then used = refresh(scope, dim, wkey, window) end
+          local held = tonumber(counters[2] or '0')
+          out[#out + 1] = {scope, dim, wkey, max, used, held, window}
+        end
       end
     end
   end
@@ -270,6 +301,93 @@ local function flatten(rows)
   return out
 end
 
+-- Check the limits on the requested dims of scopes (a hold when `hold`, else an admission);
+-- pacing buckets advance only if every limit admits. Returns the rows as after, or a denial.
+local function check(scopes, amounts, hold)
+  local rows = states(scopes, amounts)
+  local paced = {}
+  for _, row in ipairs(rows) do
+    local scope, dim, wkey, max, used, held, window = unpack(row)
+    local requested = amounts[dim]
+    if window.kind == 'pacing' then
+      local ok, value = pace(row[8], requested, max, window.refill)
+      if not ok then
+        return nil, {'deny', scope, dim, wkey, max, used, 0, requested, value and num(value) or '',
+          num(now)}
+      end
+      paced[#paced + 1] = {scope, dim .. '|' .. wkey, value}
+      row[5] = used + requested
+    else
+      if used + held + requested > max then
+        local wait = retry_after(scope, dim, wkey, window, used, held, requested, max)
+        return nil, {'deny', scope, dim, wkey, max, used, held, requested, wait, num(now)}
+      end
+      if hold then row[6] = held + requested else row[5] = used + requested end
+    end
+  end
+  for _, p in ipairs(paced) do
+    redis.call('HSET', skey(p[1]), 'pt:' .. p[2], num(p[3]))
+  end
+  return rows, nil
+end
+
+if op == 'admit' then
+  -- ARGV: 4 path, 5 amounts, 6 expected number of limits on the path ('-1': any)
+  local path = ARGV[4]
+  local amounts, order = decode(ARGV[5])
+  local scopes = prefixes(path)
+  local missing = missing_bounds(scopes, amounts)
+  if missing then return {'bounds', missing, num(now)} end
+  local expect = tonumber(ARGV[6])
+  if expect >= 0 then
+    local count = 0
+    for _, scope in ipairs(scopes) do count = count + #limits_of(scope) end
+    if count ~= expect then return {'stale'} end
+  end
+  reclaim_expired()
+  local rows, denial = check(scopes, amounts, false)
+  if denial then return denial end
+  for _, scope in ipairs(scopes) do
+    local s = skey(scope)
+    for _, dim in ipairs(order) do redis.call('HINCRBY', s, 'u:' .. dim, amounts[dim]) end
+  end
+  for _, row in ipairs(rows) do
+    local window = row[7]
+    if window.kind == 'rolling' or window.kind == 'calendar' then
+      add_to_meter(row[1], row[2], row[3], window, amounts[row[2]])
+    end
+  end
+  local reply = {'ok', num(now), ''}
+  for _, v in ipairs(flatten(rows)) do reply[#reply + 1] = v end
+  return reply
+end
+
+if op == 'prune' then
+  -- ARGV: 4 scope. Forget it only if nothing on it is live (see Backend.prune).
+  local scope = ARGV[4]
+  reclaim_expired()
+  local s = skey(scope)
+  local flat = redis.call('HGETALL', s)
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, 2) == 'h:' and tonumber(flat[i + 1]) ~= 0 then return {0} end
+  end
+  for _, limit in ipairs(limits_of(scope)) do
+    local dim, wkey, id = limit[1], limit[2], limit[4]
+    local window = window_of(wkey)
+    if window.kind == 'lifetime' then
+      if tonumber(redis.call('HGET', s, 'u:' .. dim) or '0') > 0 then return {0} end
+    elseif window.kind == 'pacing' then
+      if tonumber(redis.call('HGET', s, 'pt:' .. id) or '0') > now then return {0} end
+    elseif window.kind == 'calendar' then
+      local stop = tonumber(redis.call('HGET', s, 'me:' .. id) or '0')
+      if now < stop and tonumber(redis.call('HGET', s, 'm:' .. id) or '0') > 0 then return {0} end
+    elseif refresh(scope, dim, wkey, window) > 0 then
+      return {0}
+    end
+  end
+  return {redis.call('DEL', s, lkey(scope))}
+end
+
 if op == 'reserve' then
   -- ARGV: 4 id, 5 path, 6 amounts, 7 expires_at offset (ttl seconds)
   local id, path = ARGV[4], ARGV[5]
@@ -278,17 +396,15 @@ if op == 'reserve' then
   local scopes = prefixes(path)
   local missing = missing_bounds(scopes, amounts)
   if missing then return {'bounds', missing, num(now)} end
-  reclaim_expired()
-  local rows = states(scopes, amounts)
-  for _, row in ipairs(rows) do
-    local scope, dim, wkey, max, used, held, window = unpack(row)
-    local requested = amounts[dim]
-    if used + held + requested > max then
-      local wait = retry_after(scope, dim, wkey, window, used, held, requested, max)
-      return {'deny', scope, dim, wkey, max, used, held, requested, wait, num(now)}
-    end
-    row[6] = held + requested
+  local existing = redis.call('HGET', HOLDS, id)
+  if existing then  -- a retry whose first reply was lost: the hold is already counted
+    local reply = {'ok', num(now), split_lines(existing)[3]}
+    for _, v in ipairs(flatten(states(scopes, amounts))) do reply[#reply + 1] = v end
+    return reply
   end
+  reclaim_expired()
+  local rows, denial = check(scopes, amounts, true)
+  if denial then return denial end
   for _, scope in ipairs(scopes) do
     for _, dim in ipairs(order) do
       redis.call('HINCRBY', skey(scope), 'h:' .. dim, amounts[dim])
@@ -414,7 +530,7 @@ if op == 'remove_limit' then
       redis.call('HDEL', s, 'b:' .. id .. '|' .. index)
     end
   end
-  redis.call('HDEL', s, 'm:' .. id, 'ms:' .. id, 'me:' .. id, 'mh:' .. id, 'ml:' .. id)
+  redis.call('HDEL', s, 'm:' .. id, 'ms:' .. id, 'me:' .. id, 'mh:' .. id, 'ml:' .. id, 'pt:' .. id)
   return {removed}
 end
 
