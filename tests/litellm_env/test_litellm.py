@@ -291,6 +291,32 @@ def test_anthropic_cache_reads_writes_and_thinking_through_litellm(ledger: Ledge
     assert api.requests[0]["max_tokens"] == 1000
 
 
+@pytest.mark.parametrize("wrapper_priced", [True, False])
+def test_one_hour_cache_writes_are_priced_at_their_own_rate(
+    ledger: Ledger, wrapper_priced: bool
+) -> None:
+    api = AnthropicAPI(
+        {
+            "input_tokens": 100,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 500,
+            "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 300},
+            "output_tokens": 50,
+        }
+    )
+    pricing = LiteLLMPricing()
+    with RunGuard(ledger, PATH, pricing=pricing) as run:
+        llm = BudgetedLiteLLM(run, pricing=pricing if wrapper_priced else None)
+        llm.completion(messages=MESSAGES, max_tokens=100, **api.kwargs())
+    tokens = {"input_tokens": 600, "cache_write_tokens": 500, "output_tokens": 50}
+    one_hour = genai_cost("claude-sonnet-4-5", "anthropic", **tokens, cache_write_1h_tokens=300)
+    five_minutes = genai_cost("claude-sonnet-4-5", "anthropic", **tokens)
+    assert one_hour > five_minutes
+    # Without the pricing the guard's settle cannot tell the TTLs apart (documented).
+    expected = one_hour if wrapper_priced else five_minutes
+    assert ledger.usage(PATH).used.cost_usd == expected
+
+
 def test_a_model_litellm_prices_at_zero_is_charged_its_real_price(ledger: Ledger) -> None:
     with RunGuard(ledger, PATH, pricing=LiteLLMPricing()) as run:
         response = BudgetedLiteLLM(run).completion(

@@ -289,6 +289,32 @@ def _response_usage(response: object) -> Usage | None:
     return _normalised(getattr(response, "usage", None))
 
 
+def _one_hour_writes(reported: object) -> int:
+    """Anthropic's one-hour cache writes, as LiteLLM passes them on (0 if none)."""
+    details = getattr(reported, "prompt_tokens_details", None)
+    split = getattr(details, "cache_creation_token_details", None)
+    if isinstance(split, Mapping):
+        value = split.get("ephemeral_1h_input_tokens")
+    else:
+        value = getattr(split, "ephemeral_1h_input_tokens", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _with_one_hour(
+    usage: Usage, reported: object, model: str | None, pricing: Pricing | None
+) -> Usage:
+    """``usage`` priced here if part of its cache writes have a one-hour TTL.
+
+    Anthropic bills those at twice the input price (five-minute writes: 1.25 times). The
+    guard's ``settle`` has no argument for them, so the wrapper prices such a usage itself with
+    the ``pricing`` it was given (the guard keeps a cost that is already set).
+    """
+    one_hour = min(_one_hour_writes(reported), usage.cache_write_tokens)
+    if not one_hour or pricing is None or model is None:
+        return usage
+    return pricing.priced(model, usage, cache_write_1h_tokens=one_hour)
+
+
 def _normalised(reported: object) -> Usage | None:
     if reported is None:
         return None
@@ -468,6 +494,7 @@ class BudgetedStream:
     def _finish(self, *, complete: bool, error: BaseException | None) -> None:
         self._done = True
         usage = self._tally.usage(complete=complete, estimate=self._call.estimate)
+        usage = _with_one_hour(usage, self._tally.reported, self._call.model, self._owner.pricing)
         try:
             self._call.settle(usage)
         except ReservationSettled:
@@ -566,6 +593,7 @@ class AsyncBudgetedStream:
     async def _finish(self, *, complete: bool, error: BaseException | None) -> None:
         self._done = True
         usage = self._tally.usage(complete=complete, estimate=self._call.estimate)
+        usage = _with_one_hour(usage, self._tally.reported, self._call.model, self._owner.pricing)
         try:
             await self._call.settle(usage)
         except ReservationSettled:
@@ -590,16 +618,28 @@ class BudgetedLiteLLM:
         guard: The run to charge (entered). Give it ``LiteLLMPricing()`` to price
             ``provider/model`` names; a plain ``Pricing`` prices bare names only.
         summary_prompt: The user message added to the wrap-up call of a ``summary`` policy.
+        pricing: The guard's pricing again, to price Anthropic's one-hour cache writes at
+            their own rate (the guard's ``settle`` cannot be told about them); without it
+            they are priced as five-minute writes.
 
     Attributes:
         wrapped_up: True once the wrap-up call has run: the loop should end now (a further
             call raises the ``BudgetExceeded`` that stopped the run).
     """
 
-    def __init__(self, guard: RunGuard, *, summary_prompt: str = DEFAULT_SUMMARY_PROMPT) -> None:
+    def __init__(
+        self,
+        guard: RunGuard,
+        *,
+        summary_prompt: str = DEFAULT_SUMMARY_PROMPT,
+        pricing: Pricing | None = None,
+    ) -> None:
         if not isinstance(guard, RunGuard):
             raise InvalidInput("guard", guard, "expected a budgeteer.RunGuard")
+        if pricing is not None and not isinstance(pricing, Pricing):
+            raise InvalidInput("pricing", pricing, "expected a budgeteer.Pricing")
         self.guard = guard
+        self.pricing = pricing
         self.summary_prompt = summary_prompt
         self.wrapped_up = False
 
@@ -650,7 +690,7 @@ class BudgetedLiteLLM:
             return BudgetedStream(response, call, stack.pop_all(), self)
         usage = _response_usage(response)
         if usage is not None:
-            call.settle(usage)
+            call.settle(_with_one_hour(usage, response.usage, call.model, self.pricing))
         # Without a usage block, leaving the block commits the (pessimistic) estimate.
         if call.final:
             self.wrapped_up = True
@@ -669,11 +709,18 @@ class AsyncBudgetedLiteLLM:
     """``litellm.acompletion`` under an ``AsyncRunGuard``: the twin of ``BudgetedLiteLLM``."""
 
     def __init__(
-        self, guard: AsyncRunGuard, *, summary_prompt: str = DEFAULT_SUMMARY_PROMPT
+        self,
+        guard: AsyncRunGuard,
+        *,
+        summary_prompt: str = DEFAULT_SUMMARY_PROMPT,
+        pricing: Pricing | None = None,
     ) -> None:
         if not isinstance(guard, AsyncRunGuard):
             raise InvalidInput("guard", guard, "expected a budgeteer.AsyncRunGuard")
+        if pricing is not None and not isinstance(pricing, Pricing):
+            raise InvalidInput("pricing", pricing, "expected a budgeteer.Pricing")
         self.guard = guard
+        self.pricing = pricing
         self.summary_prompt = summary_prompt
         self.wrapped_up = False
 
@@ -716,7 +763,7 @@ class AsyncBudgetedLiteLLM:
             return AsyncBudgetedStream(response, call, stack.pop_all(), self)
         usage = _response_usage(response)
         if usage is not None:
-            await call.settle(usage)
+            await call.settle(_with_one_hour(usage, response.usage, call.model, self.pricing))
         if call.final:
             self.wrapped_up = True
             _mark_final(response)
@@ -747,12 +794,11 @@ def completion(
     ``limits`` are set on ``path`` first (as ``RunGuard`` does); ``pricing`` defaults to
     ``LiteLLMPricing()``. A stream keeps its run open until it ends or is closed.
     """
-    guard = RunGuard(
-        ledger, path, limits=limits, pricing=pricing or LiteLLMPricing(), policy=policy
-    )
+    pricing = pricing if pricing is not None else LiteLLMPricing()
+    guard = RunGuard(ledger, path, limits=limits, pricing=pricing, policy=policy)
     with ExitStack() as stack:
         stack.enter_context(guard)
-        return BudgetedLiteLLM(guard)._completion(kwargs, stack)
+        return BudgetedLiteLLM(guard, pricing=pricing)._completion(kwargs, stack)
 
 
 async def acompletion(
@@ -765,9 +811,8 @@ async def acompletion(
     **kwargs: Any,
 ) -> Any:
     """The async twin of ``completion``, over an ``AsyncLedger``."""
-    guard = AsyncRunGuard(
-        ledger, path, limits=limits, pricing=pricing or LiteLLMPricing(), policy=policy
-    )
+    pricing = pricing if pricing is not None else LiteLLMPricing()
+    guard = AsyncRunGuard(ledger, path, limits=limits, pricing=pricing, policy=policy)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(guard)
-        return await AsyncBudgetedLiteLLM(guard)._acompletion(kwargs, stack)
+        return await AsyncBudgetedLiteLLM(guard, pricing=pricing)._acompletion(kwargs, stack)
