@@ -585,6 +585,25 @@ async def test_async_stream_complete_and_abandoned(aledger: AsyncLedger) -> None
     assert used.cost_usd == expected
 
 
+async def test_async_stream_dropped_unclosed_is_charged_on_the_loop(aledger: AsyncLedger) -> None:
+    async with AsyncRunGuard(aledger, PATH, pricing=LiteLLMPricing()) as run:
+        stream = await AsyncBudgetedLiteLLM(run).acompletion(
+            model="gpt-4o", messages=MESSAGES, mock_response=TEXT, stream=True
+        )
+        seen = [await stream.__anext__(), await stream.__anext__()]
+        del stream
+        gc.collect()
+        for _ in range(5):  # the settlement runs as a task on this loop
+            await asyncio.sleep(0)
+        assert (await aledger.usage(PATH)).held.requests == 0
+    input_tokens, output_tokens = _expected_abandoned(seen)
+    used = (await aledger.usage(PATH)).used
+    assert (used.input_tokens, used.output_tokens) == (input_tokens, output_tokens)
+    assert used.cost_usd == genai_cost(
+        "gpt-4o", "openai", input_tokens=input_tokens, output_tokens=output_tokens
+    )
+
+
 # -- the policy ----------------------------------------------------------------------------------
 
 
