@@ -31,6 +31,9 @@ plan foresaw it or the refusal only came at admission. Its response carries
 ``_hidden_params["budgeteer_final"] = True`` and the wrapper's ``wrapped_up`` turns True: end
 the loop there (``guard.report.status`` is ``"stopped"``); a further call raises.
 
+LiteLLM's own price table is never needed: set ``LITELLM_LOCAL_MODEL_COST_MAP=True`` to stop
+``import litellm`` from downloading it (offline, it retries for several seconds first).
+
 ``completion(ledger=..., path=..., ...)`` and ``acompletion(...)`` are the same for one call under
 its own short run, for code without a guard.
 """
