@@ -11,6 +11,8 @@ Every provider counts tokens a little differently, and these are the accounting 
   of the prompt total too, so also copied.
 * Anthropic reports ``input_tokens`` *excluding* the cache: ``cache_read_input_tokens`` and
   ``cache_creation_input_tokens`` come on top. They are added back, so input is counted once.
+  Its ``output_tokens_details.thinking_tokens`` are *inside* ``output_tokens`` (copied, never
+  added).
 * LangChain's ``usage_metadata`` already follows the OpenAI nesting
   (``input_token_details.cache_read`` / ``cache_creation``, ``output_token_details.reasoning``).
 * Pydantic AI's ``RequestUsage`` normalises every provider to the same nesting before we see it
@@ -93,6 +95,9 @@ def usage_from_anthropic(usage: object, *, requests: int = 1) -> Usage:
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
         output_tokens=_count(usage, "output_tokens", where="usage"),
+        reasoning_tokens=_count(
+            _field(usage, "output_tokens_details"), "thinking_tokens", where="usage.output_details"
+        ),
         requests=requests,
     )
 
