@@ -291,10 +291,7 @@ def test_anthropic_cache_reads_writes_and_thinking_through_litellm(ledger: Ledge
     assert api.requests[0]["max_tokens"] == 1000
 
 
-@pytest.mark.parametrize("wrapper_priced", [True, False])
-def test_one_hour_cache_writes_are_priced_at_their_own_rate(
-    ledger: Ledger, wrapper_priced: bool
-) -> None:
+def test_one_hour_cache_writes_are_priced_at_their_own_rate(ledger: Ledger) -> None:
     api = AnthropicAPI(
         {
             "input_tokens": 100,
@@ -304,17 +301,13 @@ def test_one_hour_cache_writes_are_priced_at_their_own_rate(
             "output_tokens": 50,
         }
     )
-    pricing = LiteLLMPricing()
-    with RunGuard(ledger, PATH, pricing=pricing) as run:
-        llm = BudgetedLiteLLM(run, pricing=pricing if wrapper_priced else None)
-        llm.completion(messages=MESSAGES, max_tokens=100, **api.kwargs())
+    with RunGuard(ledger, PATH, pricing=LiteLLMPricing()) as run:
+        BudgetedLiteLLM(run).completion(messages=MESSAGES, max_tokens=100, **api.kwargs())
     tokens = {"input_tokens": 600, "cache_write_tokens": 500, "output_tokens": 50}
     one_hour = genai_cost("claude-sonnet-4-5", "anthropic", **tokens, cache_write_1h_tokens=300)
     five_minutes = genai_cost("claude-sonnet-4-5", "anthropic", **tokens)
     assert one_hour > five_minutes
-    # Without the pricing the guard's settle cannot tell the TTLs apart (documented).
-    expected = one_hour if wrapper_priced else five_minutes
-    assert ledger.usage(PATH).used.cost_usd == expected
+    assert ledger.usage(PATH).used.cost_usd == one_hour
 
 
 def test_a_model_litellm_prices_at_zero_is_charged_its_real_price(ledger: Ledger) -> None:
@@ -690,6 +683,7 @@ def test_summary_mode_ends_with_one_wrap_up_call_on_the_reserve(ledger: Ledger) 
     policy = Policy(
         on_exhausted="summary",
         summary_reserve=Usage(input_tokens=300, output_tokens=50, requests=1),
+        summary_model="anthropic/claude-haiku-4-5",
     )
     responses = []
     with RunGuard(
@@ -714,6 +708,18 @@ def test_summary_mode_ends_with_one_wrap_up_call_on_the_reserve(ledger: Ledger) 
     assert not responses[0]._hidden_params.get("budgeteer_final")
     assert run.report.status == "stopped"
     assert ledger.usage(PATH).used.requests == 4
+    # The refusal came at admission: the wrap-up goes to the summary model, priced for it.
+    assert [body["model"] for body in api.requests] == ["claude-sonnet-4-5"] * 3 + [
+        "claude-haiku-4-5"
+    ]
+    assert run.report.models == {
+        "anthropic/claude-sonnet-4-5": 3,
+        "anthropic/claude-haiku-4-5": 1,
+    }
+    tokens = {"input_tokens": 20, "output_tokens": 10}
+    assert ledger.usage(PATH).used.cost_usd == 3 * genai_cost(
+        "claude-sonnet-4-5", "anthropic", **tokens
+    ) + genai_cost("claude-haiku-4-5", "anthropic", **tokens)
 
 
 def test_escalation_grants_more_budget_and_the_loop_goes_on(ledger: Ledger) -> None:

@@ -267,14 +267,37 @@ def _wrap_up(request: dict[str, Any], output_tokens: int | None, key: str, summa
     request["messages"] = [*request["messages"], {"role": "user", "content": summary}]
 
 
-def _admitted(prepared: _Prepared, final: bool, reserved: Usage, summary: str) -> dict[str, Any]:
-    """The request to send once admitted: a call the guard admitted on the summary reserve
-    (the refusal came at admission, after planning) becomes the wrap-up call here."""
-    if final and not prepared.final:
-        request = dict(prepared.kwargs)
-        _wrap_up(request, reserved.output_tokens, prepared.max_tokens_key, summary)
-        return request
-    return prepared.kwargs
+def _admitted(
+    guard: RunGuard | AsyncRunGuard,
+    prepared: _Prepared,
+    final: bool,
+    reserved: Usage,
+    summary: str,
+) -> tuple[dict[str, Any], str]:
+    """The request to send once admitted, and the model it names.
+
+    A call the guard admitted on the summary reserve although the plan did not foresee it (the
+    refusal came at admission) becomes the wrap-up call here, sent to the policy's summary
+    model when it names one (the reserve was priced for that model).
+    """
+    if not final or prepared.final:
+        return prepared.kwargs, prepared.model
+    request = dict(prepared.kwargs)
+    policy = _policy(guard)
+    model = prepared.model
+    if policy is not None and policy.summary_model:
+        model = request["model"] = policy.summary_model
+    _wrap_up(request, reserved.output_tokens, prepared.max_tokens_key, summary)
+    return request, model
+
+
+# The guard exposes neither its Pricing nor its Policy yet; integrations read them here only.
+def _pricing(guard: RunGuard | AsyncRunGuard) -> Pricing | None:
+    return guard._state.pricing
+
+
+def _policy(guard: RunGuard | AsyncRunGuard) -> Policy | None:
+    return guard._state.policy
 
 
 def _prompt(messages: Sequence[object], request: Mapping[str, Any]) -> list[object]:
@@ -304,16 +327,17 @@ def _one_hour_writes(reported: object) -> int:
 
 
 def _with_one_hour(
-    usage: Usage, reported: object, model: str | None, pricing: Pricing | None
+    usage: Usage, reported: object, model: str, guard: RunGuard | AsyncRunGuard
 ) -> Usage:
     """``usage`` priced here if part of its cache writes have a one-hour TTL.
 
     Anthropic bills those at twice the input price (five-minute writes: 1.25 times). The
-    guard's ``settle`` has no argument for them, so the wrapper prices such a usage itself with
-    the ``pricing`` it was given (the guard keeps a cost that is already set).
+    guard's ``settle`` has no argument for them, so such a usage is priced here with the
+    guard's own pricing (the guard keeps a cost that is already set).
     """
     one_hour = min(_one_hour_writes(reported), usage.cache_write_tokens)
-    if not one_hour or pricing is None or model is None:
+    pricing = _pricing(guard)
+    if not one_hour or pricing is None:
         return usage
     return pricing.priced(model, usage, cache_write_1h_tokens=one_hour)
 
@@ -428,7 +452,9 @@ class BudgetedStream:
         call: ModelCall,
         stack: ExitStack,
         owner: BudgetedLiteLLM,
+        model: str,
     ) -> None:
+        self._model = model
         self._raw = raw
         self._iterator: Iterator[Any] = iter(raw)
         self._call = call
@@ -497,9 +523,9 @@ class BudgetedStream:
     def _finish(self, *, complete: bool, error: BaseException | None) -> None:
         self._done = True
         usage = self._tally.usage(complete=complete, estimate=self._call.estimate)
-        usage = _with_one_hour(usage, self._tally.reported, self._call.model, self._owner.pricing)
+        usage = _with_one_hour(usage, self._tally.reported, self._model, self._owner.guard)
         try:
-            self._call.settle(usage)
+            self._call.settle(usage, model=self._model)
         except ReservationSettled:
             # The guard exited first and released the hold: charge the ledger directly.
             self._owner._charge_late(usage)
@@ -522,7 +548,9 @@ class AsyncBudgetedStream:
         call: AsyncModelCall,
         stack: AsyncExitStack,
         owner: AsyncBudgetedLiteLLM,
+        model: str,
     ) -> None:
+        self._model = model
         self._raw = raw
         self._iterator: AsyncIterator[Any] = raw.__aiter__()
         self._call = call
@@ -596,9 +624,9 @@ class AsyncBudgetedStream:
     async def _finish(self, *, complete: bool, error: BaseException | None) -> None:
         self._done = True
         usage = self._tally.usage(complete=complete, estimate=self._call.estimate)
-        usage = _with_one_hour(usage, self._tally.reported, self._call.model, self._owner.pricing)
+        usage = _with_one_hour(usage, self._tally.reported, self._model, self._owner.guard)
         try:
-            await self._call.settle(usage)
+            await self._call.settle(usage, model=self._model)
         except ReservationSettled:
             await self._owner._charge_late(usage)
             self._call.settled = usage
@@ -621,9 +649,6 @@ class BudgetedLiteLLM:
         guard: The run to charge (entered). Give it ``LiteLLMPricing()`` to price
             ``provider/model`` names; a plain ``Pricing`` prices bare names only.
         summary_prompt: The user message added to the wrap-up call of a ``summary`` policy.
-        pricing: The guard's pricing again, to price Anthropic's one-hour cache writes at
-            their own rate (the guard's ``settle`` cannot be told about them); without it
-            they are priced as five-minute writes.
 
     Attributes:
         wrapped_up: True once the wrap-up call has run: the loop should end now (a further
@@ -635,14 +660,10 @@ class BudgetedLiteLLM:
         guard: RunGuard,
         *,
         summary_prompt: str = DEFAULT_SUMMARY_PROMPT,
-        pricing: Pricing | None = None,
     ) -> None:
         if not isinstance(guard, RunGuard):
             raise InvalidInput("guard", guard, "expected a budgeteer.RunGuard")
-        if pricing is not None and not isinstance(pricing, Pricing):
-            raise InvalidInput("pricing", pricing, "expected a budgeteer.Pricing")
         self.guard = guard
-        self.pricing = pricing
         self.summary_prompt = summary_prompt
         self.wrapped_up = False
 
@@ -687,13 +708,15 @@ class BudgetedLiteLLM:
                 prepared.model, prompt=prepared.prompt, max_tokens=prepared.max_tokens
             )
         )
-        request = _admitted(prepared, call.final, call.estimate, self.summary_prompt)
+        request, model = _admitted(
+            self.guard, prepared, call.final, call.estimate, self.summary_prompt
+        )
         response = litellm.completion(**request)
         if prepared.stream:
-            return BudgetedStream(response, call, stack.pop_all(), self)
+            return BudgetedStream(response, call, stack.pop_all(), self, model)
         usage = _response_usage(response)
         if usage is not None:
-            call.settle(_with_one_hour(usage, response.usage, call.model, self.pricing))
+            call.settle(_with_one_hour(usage, response.usage, model, self.guard), model=model)
         # Without a usage block, leaving the block commits the (pessimistic) estimate.
         if call.final:
             self.wrapped_up = True
@@ -716,14 +739,10 @@ class AsyncBudgetedLiteLLM:
         guard: AsyncRunGuard,
         *,
         summary_prompt: str = DEFAULT_SUMMARY_PROMPT,
-        pricing: Pricing | None = None,
     ) -> None:
         if not isinstance(guard, AsyncRunGuard):
             raise InvalidInput("guard", guard, "expected a budgeteer.AsyncRunGuard")
-        if pricing is not None and not isinstance(pricing, Pricing):
-            raise InvalidInput("pricing", pricing, "expected a budgeteer.Pricing")
         self.guard = guard
-        self.pricing = pricing
         self.summary_prompt = summary_prompt
         self.wrapped_up = False
 
@@ -760,13 +779,16 @@ class AsyncBudgetedLiteLLM:
                 prepared.model, prompt=prepared.prompt, max_tokens=prepared.max_tokens
             )
         )
-        request = _admitted(prepared, call.final, call.estimate, self.summary_prompt)
+        request, model = _admitted(
+            self.guard, prepared, call.final, call.estimate, self.summary_prompt
+        )
         response = await litellm.acompletion(**request)
         if prepared.stream:
-            return AsyncBudgetedStream(response, call, stack.pop_all(), self)
+            return AsyncBudgetedStream(response, call, stack.pop_all(), self, model)
         usage = _response_usage(response)
         if usage is not None:
-            await call.settle(_with_one_hour(usage, response.usage, call.model, self.pricing))
+            settled = _with_one_hour(usage, response.usage, model, self.guard)
+            await call.settle(settled, model=model)
         if call.final:
             self.wrapped_up = True
             _mark_final(response)
@@ -801,7 +823,7 @@ def completion(
     guard = RunGuard(ledger, path, limits=limits, pricing=pricing, policy=policy)
     with ExitStack() as stack:
         stack.enter_context(guard)
-        return BudgetedLiteLLM(guard, pricing=pricing)._completion(kwargs, stack)
+        return BudgetedLiteLLM(guard)._completion(kwargs, stack)
 
 
 async def acompletion(
@@ -818,4 +840,4 @@ async def acompletion(
     guard = AsyncRunGuard(ledger, path, limits=limits, pricing=pricing, policy=policy)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(guard)
-        return await AsyncBudgetedLiteLLM(guard, pricing=pricing)._acompletion(kwargs, stack)
+        return await AsyncBudgetedLiteLLM(guard)._acompletion(kwargs, stack)
