@@ -600,9 +600,19 @@ async def test_async_stream_dropped_unclosed_is_charged_on_the_loop(aledger: Asy
 # -- the policy ----------------------------------------------------------------------------------
 
 
-def test_downgrade_happens_at_the_threshold(ledger: Ledger) -> None:
+@pytest.mark.parametrize(
+    ("target", "sent_as", "genai"),
+    [
+        ("gpt-4o-mini", "gpt-4o-mini", ("gpt-4o-mini", "openai")),
+        # Another provider, named the LiteLLM way: routed and priced as that provider's model.
+        ("anthropic/claude-haiku-4-5", "claude-haiku-4-5", ("claude-haiku-4-5", "anthropic")),
+    ],
+)
+def test_downgrade_happens_at_the_threshold(
+    ledger: Ledger, target: str, sent_as: str, genai: tuple[str, str]
+) -> None:
     cap = Decimal("0.01")
-    policy = Policy(ladder=[Degrade.downgrade(to="gpt-4o-mini", at=0.5)])
+    policy = Policy(ladder=[Degrade.downgrade(to=target, at=0.5)])
     # Mock responses report 10 prompt and 20 completion tokens. The rung fires at the first
     # admission whose committed + held cost reaches half the cap; the next call is downgraded.
     per_call = genai_cost("gpt-4o", "openai", input_tokens=10, output_tokens=20)
@@ -620,10 +630,10 @@ def test_downgrade_happens_at_the_threshold(ledger: Ledger) -> None:
                 model="gpt-4o", messages=MESSAGES, max_tokens=100, mock_response="ok"
             )
             models.append(response.model)
-    assert models == ["gpt-4o"] * firing + ["gpt-4o-mini"] * 3
-    assert run.report.models == {"gpt-4o": firing, "gpt-4o-mini": 3}
-    mini = genai_cost("gpt-4o-mini", "openai", input_tokens=10, output_tokens=20)
-    assert ledger.usage(PATH).used.cost_usd == per_call * firing + mini * 3
+    assert models == ["gpt-4o"] * firing + [sent_as] * 3
+    assert run.report.models == {"gpt-4o": firing, target: 3}
+    cheaper = genai_cost(*genai, input_tokens=10, output_tokens=20)
+    assert ledger.usage(PATH).used.cost_usd == per_call * firing + cheaper * 3
 
 
 def test_max_tokens_sent_is_clamped_to_what_the_budget_affords(ledger: Ledger) -> None:
