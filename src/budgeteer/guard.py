@@ -13,6 +13,7 @@ sync deadline is checked at every admission and at the end of each step.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import math
@@ -33,6 +34,7 @@ from budgeteer.model import (
     Reservation,
     Usage,
     Window,
+    from_units,
     parse_path,
 )
 from budgeteer.policy import (
@@ -227,6 +229,7 @@ class _RunState:
         usage: Usage,
         provider: str | None,
         service_tier: str | None,
+        cache_write_1h_tokens: int = 0,
     ) -> tuple[Usage, dict[str, str]]:
         if not isinstance(usage, Usage):
             raise InvalidInput("usage", usage, "expected a budgeteer.Usage")
@@ -234,7 +237,13 @@ class _RunState:
             usage = usage.replace(requests=1)
         if model is None or self.pricing is None or usage.cost_usd is not None:
             return usage, ({"model": model} if model else {})
-        price = self.pricing.price(model, usage, provider=provider, service_tier=service_tier)
+        price = self.pricing.price(
+            model,
+            usage,
+            provider=provider,
+            service_tier=service_tier,
+            cache_write_1h_tokens=cache_write_1h_tokens,
+        )
         return usage.replace(cost_usd=price.cost_usd), price.metadata()
 
     # -- bookkeeping ----------------------------------------------------------------------------
@@ -272,6 +281,24 @@ class _RunState:
                 self.on_warning(warning)
         if self.policy is not None:
             self.observe(heads)
+
+    def reconciled(self, reservation: Reservation, actual: Usage) -> None:
+        """Bring the policy's view of the path up to date with a commit (no I/O): the hold
+        leaves ``held`` and the actual usage joins ``used`` on every limit it touched."""
+        if not self.heads:
+            return
+        reserved, spent = reservation.usage.units, actual.units
+        for key, head in self.heads.items():
+            dimension = head.dimension
+            held, used = reserved.get(dimension, 0), spent.get(dimension, 0)
+            if not (held or used):
+                continue
+            self.heads[key] = dataclasses.replace(
+                head,
+                used=head.used + from_units(dimension, used),  # type: ignore[operator]
+                held=max(head.held - from_units(dimension, held), 0),  # type: ignore[operator,arg-type]
+            )
+        self.observe(())  # a commit past a threshold fires its rung before the next call
 
     # -- the policy ------------------------------------------------------------------------------
 
@@ -628,6 +655,16 @@ class _GuardBase:
         return self._state.finished or self._state.build_report(None)
 
     @property
+    def pricing(self) -> Pricing | None:
+        """The pricing that prices this run's calls, if any."""
+        return self._state.pricing
+
+    @property
+    def policy(self) -> Policy | None:
+        """The run's degradation and exhaustion policy, if any."""
+        return self._state.policy
+
+    @property
     def exhausted(self) -> BudgetExceeded | None:
         """The refusal that ended admission, or ``None`` while the run may go on."""
         return self._state.stopped_by
@@ -648,7 +685,8 @@ class _GuardBase:
 
         Integrations call this before building a request, then send ``plan.model`` and
         ``plan.max_tokens``, offer tools only if ``plan.tools_allowed``, and on ``plan.final``
-        ask for a wrap-up. It reflects the limits as of the run's last admission.
+        ask for a wrap-up. It reflects the limits as of the run's last admission, updated
+        by the run's own commits since (other processes' spend shows at the next admission).
         """
         return self._state.plan(model, prompt, max_tokens, provider)
 
@@ -675,13 +713,27 @@ class ModelCall(_AdmittedCall):
         self._guard = guard
 
     def settle(
-        self, usage: Usage, *, model: str | None = None, service_tier: str | None = None
+        self,
+        usage: Usage,
+        *,
+        model: str | None = None,
+        service_tier: str | None = None,
+        cache_write_1h_tokens: int = 0,
     ) -> Usage:
-        """Commit the call's actual ``usage``, priced for ``model`` (default: the admitted one)."""
+        """Commit the call's actual ``usage``, priced for ``model`` (default: the admitted one).
+
+        ``cache_write_1h_tokens`` is the part of ``usage.cache_write_tokens`` written with a
+        one-hour TTL (priced higher by Anthropic).
+        """
         if self.settled is not None:
             return self.settled
         self.settled = self._guard._settle_call(
-            self.reservation, usage, model or self.model, self._provider, service_tier
+            self.reservation,
+            usage,
+            model or self.model,
+            self._provider,
+            service_tier,
+            cache_write_1h_tokens,
         )
         return self.settled
 
@@ -913,12 +965,16 @@ class RunGuard(_GuardBase):
         model: str | None,
         provider: str | None,
         service_tier: str | None,
+        cache_write_1h_tokens: int = 0,
     ) -> Usage:
-        priced, metadata = self._state.priced(model, usage, provider, service_tier)
+        priced, metadata = self._state.priced(
+            model, usage, provider, service_tier, cache_write_1h_tokens
+        )
         try:
             self.ledger.commit(reservation, priced, metadata=metadata)
         finally:
             self._state.open_holds.pop(reservation.id, None)
+        self._state.reconciled(reservation, priced)
         self._state.committed(priced, model)
         return priced
 
@@ -965,13 +1021,23 @@ class AsyncModelCall(_AdmittedCall):
         self._guard = guard
 
     async def settle(
-        self, usage: Usage, *, model: str | None = None, service_tier: str | None = None
+        self,
+        usage: Usage,
+        *,
+        model: str | None = None,
+        service_tier: str | None = None,
+        cache_write_1h_tokens: int = 0,
     ) -> Usage:
         """See ``ModelCall.settle``."""
         if self.settled is not None:
             return self.settled
         self.settled = await self._guard._settle_call(
-            self.reservation, usage, model or self.model, self._provider, service_tier
+            self.reservation,
+            usage,
+            model or self.model,
+            self._provider,
+            service_tier,
+            cache_write_1h_tokens,
         )
         return self.settled
 
@@ -1179,12 +1245,16 @@ class AsyncRunGuard(_GuardBase):
         model: str | None,
         provider: str | None,
         service_tier: str | None,
+        cache_write_1h_tokens: int = 0,
     ) -> Usage:
-        priced, metadata = self._state.priced(model, usage, provider, service_tier)
+        priced, metadata = self._state.priced(
+            model, usage, provider, service_tier, cache_write_1h_tokens
+        )
         try:
             await asyncio.shield(self.ledger.commit(reservation, priced, metadata=metadata))
         finally:
             self._state.open_holds.pop(reservation.id, None)
+        self._state.reconciled(reservation, priced)
         self._state.committed(priced, model)
         return priced
 

@@ -504,7 +504,7 @@ def test_the_policy_clamps_max_tokens_to_what_the_budget_affords(
     ledger: Ledger, provider: Provider
 ) -> None:
     policy = Policy(clamp_max_tokens=True)
-    limits = [Limit("output_tokens", 500)]
+    limits = [Limit("output_tokens", 410)]
     planned = []
     with RunGuard(ledger, PATH, limits=limits, pricing=Pricing(), policy=policy) as guard:
         client = wrap_openai(sync_client(provider), guard)
@@ -518,8 +518,8 @@ def test_the_policy_clamps_max_tokens_to_what_the_budget_affords(
             )
     first, second = provider.model_requests("/chat/completions")
     assert planned[0] == first.body["max_completion_tokens"] == 400
-    # The plan (as of the last admission: 400 of 500 held) affords 100 more.
-    assert planned[1] == second.body["max_completion_tokens"] == 100
+    # The first call's hold of 400 left with its commit of 18 output tokens: 392 remain.
+    assert planned[1] == second.body["max_completion_tokens"] == 410 - 18
     assert "max_tokens" not in second.body
     assert ledger.usage(PATH).used.output_tokens == 2 * 18
 

@@ -249,9 +249,8 @@ def _make_final(
 
 
 def _pricing(guard: RunGuard | AsyncRunGuard) -> Pricing | None:
-    # ModelCall.settle has no ``cache_write_1h_tokens``; one-hour cache writes are priced here,
-    # with the guard's own Pricing (read from its private state until the guard exposes it).
-    return guard._state.pricing
+    # One-hour cache writes are priced here, with the guard's own Pricing.
+    return guard.pricing
 
 
 def _priced(
@@ -363,7 +362,7 @@ class _Admission:
         if call.final and not self.request.final:
             # Admitted under the summary reserve (the budget ran out at this very call): the
             # reserve was priced for the policy's summary model, so send that one.
-            policy = self.guard._state.policy
+            policy = self.guard.policy
             if policy is not None and policy.summary_model:
                 self.request.body["model"] = self.request.model = policy.summary_model
             _make_final(

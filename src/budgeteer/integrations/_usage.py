@@ -76,6 +76,8 @@ def usage_from_openai(usage: object, *, requests: int = 1) -> Usage:
     return Usage(
         input_tokens=input_tokens,
         cache_read_tokens=_count(details_in, "cached_tokens", where="usage.input_details"),
+        # Newer OpenAI SDKs (and the Agents SDK's Usage) also report cache writes, likewise
+        # inside the prompt total; LiteLLM mirrors them as ``cache_creation_tokens`` too.
         cache_write_tokens=_count(
             details_in, "cache_write_tokens", "cache_creation_tokens", where="usage.input_details"
         ),
