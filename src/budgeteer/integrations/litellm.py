@@ -283,21 +283,12 @@ def _admitted(
     if not final or prepared.final:
         return prepared.kwargs, prepared.model
     request = dict(prepared.kwargs)
-    policy = _policy(guard)
+    policy = guard.policy
     model = prepared.model
     if policy is not None and policy.summary_model:
         model = request["model"] = policy.summary_model
     _wrap_up(request, reserved.output_tokens, prepared.max_tokens_key, summary)
     return request, model
-
-
-# The guard exposes neither its Pricing nor its Policy yet; integrations read them here only.
-def _pricing(guard: RunGuard | AsyncRunGuard) -> Pricing | None:
-    return guard._state.pricing
-
-
-def _policy(guard: RunGuard | AsyncRunGuard) -> Policy | None:
-    return guard._state.policy
 
 
 def _prompt(messages: Sequence[object], request: Mapping[str, Any]) -> list[object]:
@@ -336,7 +327,7 @@ def _with_one_hour(
     guard's own pricing (the guard keeps a cost that is already set).
     """
     one_hour = min(_one_hour_writes(reported), usage.cache_write_tokens)
-    pricing = _pricing(guard)
+    pricing = guard.pricing
     if not one_hour or pricing is None:
         return usage
     return pricing.priced(model, usage, cache_write_1h_tokens=one_hour)
