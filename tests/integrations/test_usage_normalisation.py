@@ -43,6 +43,26 @@ def test_openai_responses_usage_objects_are_read_by_attribute() -> None:
     assert (usage.input_tokens, usage.cache_read_tokens, usage.reasoning_tokens) == (50, 10, 5)
 
 
+@pytest.mark.parametrize("write_key", ["cache_write_tokens", "cache_creation_tokens"])
+def test_litellm_usage_keeps_anthropic_cache_writes_inside_the_prompt(write_key: str) -> None:
+    # LiteLLM's shape for an Anthropic call: prompt_tokens already counts reads and writes.
+    usage = usage_from_openai(
+        {
+            "prompt_tokens": 2600,
+            "completion_tokens": 300,
+            "prompt_tokens_details": {"cached_tokens": 2000, write_key: 500, "text_tokens": 100},
+            "completion_tokens_details": {"reasoning_tokens": 10},
+        }
+    )
+    assert (usage.input_tokens, usage.cache_read_tokens, usage.cache_write_tokens) == (
+        2600,
+        2000,
+        500,
+    )
+    assert (usage.output_tokens, usage.reasoning_tokens) == (300, 10)
+    assert usage.tokens == 2900
+
+
 def test_anthropic_input_is_made_to_include_the_cache() -> None:
     usage = usage_from_anthropic(
         {

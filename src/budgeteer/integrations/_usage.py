@@ -5,7 +5,10 @@ Every provider counts tokens a little differently, and these are the accounting 
 * OpenAI (chat completions and responses) reports cached prompt tokens *inside* the prompt total
   (``prompt_tokens_details.cached_tokens``), and reasoning tokens *inside* the completion total
   (``completion_tokens_details.reasoning_tokens``). Budgeteer's ``Usage`` uses the same nesting, so
-  they are copied, never added.
+  they are copied, never added. LiteLLM reports every provider in this shape (its
+  ``prompt_tokens`` already includes Anthropic's cache reads and writes) and adds the cache
+  writes as ``prompt_tokens_details.cache_write_tokens`` (or ``cache_creation_tokens``): a part
+  of the prompt total too, so also copied.
 * Anthropic reports ``input_tokens`` *excluding* the cache: ``cache_read_input_tokens`` and
   ``cache_creation_input_tokens`` come on top. They are added back, so input is counted once.
   Its ``output_tokens_details.thinking_tokens`` are *inside* ``output_tokens`` (copied, never
@@ -74,8 +77,10 @@ def usage_from_openai(usage: object, *, requests: int = 1) -> Usage:
         input_tokens=input_tokens,
         cache_read_tokens=_count(details_in, "cached_tokens", where="usage.input_details"),
         # Newer OpenAI SDKs (and the Agents SDK's Usage) also report cache writes, likewise
-        # inside the prompt total.
-        cache_write_tokens=_count(details_in, "cache_write_tokens", where="usage.input_details"),
+        # inside the prompt total; LiteLLM mirrors them as ``cache_creation_tokens`` too.
+        cache_write_tokens=_count(
+            details_in, "cache_write_tokens", "cache_creation_tokens", where="usage.input_details"
+        ),
         output_tokens=output_tokens,
         reasoning_tokens=_count(details_out, "reasoning_tokens", where="usage.output_details"),
         requests=requests,
