@@ -394,28 +394,34 @@ class _RunState:
         downgrade = self.in_force("downgrade")
         planned_model = downgrade.to if downgrade is not None else model
         stopped = self.stopped_by is not None
-        if self.wrap_up_available and policy is not None and policy.summary_reserve is not None:
-            reserve_output = policy.summary_reserve.output_tokens
-            final = stopped
-            if not final:
-                room = self._affordable(planned_model, prompt, provider)
-                final = room is not None and room < 1
-            if final:
-                return CallPlan(
-                    model=policy.summary_model or planned_model,
-                    max_tokens=reserve_output or max_tokens,
-                    tools_allowed=False,
-                    subagents_allowed=False,
-                    final=True,
-                    exhausted=False,
-                    rungs=rungs,
-                )
         exhausted = stopped and not self.wrap_up_available
-        planned_tokens = max_tokens
-        if policy is not None and policy.clamp_max_tokens and not exhausted:
+        # What the budget still affords, computed at most once (it estimates the whole prompt).
+        room = None
+        if (
+            policy is not None
+            and not exhausted
+            and (policy.clamp_max_tokens or (self.wrap_up_available and not stopped))
+        ):
             room = self._affordable(planned_model, prompt, provider)
+        reserve = policy.summary_reserve if policy is not None else None
+        if (
+            self.wrap_up_available
+            and reserve is not None
+            and (stopped or (room is not None and room < 1))
+        ):
+            return CallPlan(
+                model=(policy.summary_model if policy is not None else None) or planned_model,
+                max_tokens=reserve.output_tokens or max_tokens,
+                tools_allowed=False,
+                subagents_allowed=False,
+                final=True,
+                exhausted=False,
+                rungs=rungs,
+            )
+        planned_tokens = max_tokens
+        if policy is not None and policy.clamp_max_tokens and room is not None:
             wanted = self.default_max_tokens if max_tokens is None else max_tokens
-            if room is not None and room < wanted:
+            if room < wanted:
                 planned_tokens = max(room, 1)
         return CallPlan(
             model=planned_model,

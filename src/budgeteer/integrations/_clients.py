@@ -37,14 +37,11 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from budgeteer.errors import BudgetExceeded
 from budgeteer.guard import BYTES_PER_TOKEN, AsyncModelCall, AsyncRunGuard, ModelCall, RunGuard
 from budgeteer.model import Usage
-
-if TYPE_CHECKING:
-    from budgeteer.pricing import Pricing
 
 logger = logging.getLogger("budgeteer.integrations")
 
@@ -248,27 +245,6 @@ def _make_final(
         request.body[request.cap_key] = request.max_tokens = per_choice
 
 
-def _pricing(guard: RunGuard | AsyncRunGuard) -> Pricing | None:
-    # One-hour cache writes are priced here, with the guard's own Pricing.
-    return guard.pricing
-
-
-def _priced(
-    guard: RunGuard | AsyncRunGuard, model: str | None, provider: str, reported: Reported
-) -> Usage:
-    pricing = _pricing(guard)
-    if not reported.cache_write_1h_tokens or pricing is None or model is None:
-        return reported.usage
-    price = pricing.price(
-        model,
-        reported.usage,
-        provider=provider,
-        service_tier=reported.service_tier,
-        cache_write_1h_tokens=reported.cache_write_1h_tokens,
-    )
-    return reported.usage.replace(cost_usd=price.cost_usd)
-
-
 # -- the stream meter (I/O-free) -----------------------------------------------------------------
 
 
@@ -370,14 +346,16 @@ class _Admission:
             )
 
     def settle_args(self, reported: Reported) -> dict[str, Any]:
-        """Priced for the model actually sent (a wrap-up call may have switched it)."""
-        return {"model": self.request.model, "service_tier": reported.service_tier}
+        """Priced for the model actually sent (a wrap-up call may have switched it), with its
+        service tier and one-hour cache writes."""
+        return {
+            "model": self.request.model,
+            "service_tier": reported.service_tier,
+            "cache_write_1h_tokens": reported.cache_write_1h_tokens,
+        }
 
     def meter(self, call: ModelCall | AsyncModelCall) -> StreamMeter:
         return StreamMeter(call.estimate, self.request.output_cap)
-
-    def usage(self, reported: Reported) -> Usage:
-        return _priced(self.guard, self.request.model, self.endpoint.provider, reported)
 
 
 def _exc_info() -> tuple[type[BaseException], BaseException, TracebackType | None]:
@@ -414,7 +392,7 @@ def send_sync(
     try:
         reported = endpoint.reported(_parsed(result, stream=stream))
         if reported is not None:
-            call.settle(admission.usage(reported), **admission.settle_args(reported))
+            call.settle(reported.usage, **admission.settle_args(reported))
     except BaseException:
         context.__exit__(*_exc_info())
         raise
@@ -450,7 +428,7 @@ async def send_async(
     try:
         reported = endpoint.reported(_parsed(result, stream=stream))
         if reported is not None:
-            await call.settle(admission.usage(reported), **admission.settle_args(reported))
+            await call.settle(reported.usage, **admission.settle_args(reported))
     except BaseException:
         await context.__aexit__(*_exc_info())
         raise
@@ -584,9 +562,7 @@ class MeteredStream(_StreamBase):
     def _settle(self) -> None:
         if self._call.settled is None:
             reported = self._meter.charge()
-            self._call.settle(
-                self._admission.usage(reported), **self._admission.settle_args(reported)
-            )
+            self._call.settle(reported.usage, **self._admission.settle_args(reported))
 
     def _finish(self) -> None:
         if self._finished:
@@ -681,9 +657,7 @@ class AsyncMeteredStream(_StreamBase):
     async def _settle(self) -> None:
         if self._call.settled is None:
             reported = self._meter.charge()
-            await self._call.settle(
-                self._admission.usage(reported), **self._admission.settle_args(reported)
-            )
+            await self._call.settle(reported.usage, **self._admission.settle_args(reported))
 
     async def _finish(self) -> None:
         if self._finished:

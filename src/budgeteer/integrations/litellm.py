@@ -317,20 +317,9 @@ def _one_hour_writes(reported: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def _with_one_hour(
-    usage: Usage, reported: object, model: str, guard: RunGuard | AsyncRunGuard
-) -> Usage:
-    """``usage`` priced here if part of its cache writes have a one-hour TTL.
-
-    Anthropic bills those at twice the input price (five-minute writes: 1.25 times). The
-    guard's ``settle`` has no argument for them, so such a usage is priced here with the
-    guard's own pricing (the guard keeps a cost that is already set).
-    """
-    one_hour = min(_one_hour_writes(reported), usage.cache_write_tokens)
-    pricing = guard.pricing
-    if not one_hour or pricing is None:
-        return usage
-    return pricing.priced(model, usage, cache_write_1h_tokens=one_hour)
+def _one_hour(usage: Usage, reported: object) -> int:
+    """The part of ``usage``'s cache writes with a one-hour TTL (priced above five-minute ones)."""
+    return min(_one_hour_writes(reported), usage.cache_write_tokens)
 
 
 def _normalised(reported: object) -> Usage | None:
@@ -514,9 +503,9 @@ class BudgetedStream:
     def _finish(self, *, complete: bool, error: BaseException | None) -> None:
         self._done = True
         usage = self._tally.usage(complete=complete, estimate=self._call.estimate)
-        usage = _with_one_hour(usage, self._tally.reported, self._model, self._owner.guard)
+        one_hour = _one_hour(usage, self._tally.reported)
         try:
-            self._call.settle(usage, model=self._model)
+            self._call.settle(usage, model=self._model, cache_write_1h_tokens=one_hour)
         except ReservationSettled:
             # The guard exited first and released the hold: charge the ledger directly.
             self._owner._charge_late(usage)
@@ -615,9 +604,9 @@ class AsyncBudgetedStream:
     async def _finish(self, *, complete: bool, error: BaseException | None) -> None:
         self._done = True
         usage = self._tally.usage(complete=complete, estimate=self._call.estimate)
-        usage = _with_one_hour(usage, self._tally.reported, self._model, self._owner.guard)
+        one_hour = _one_hour(usage, self._tally.reported)
         try:
-            await self._call.settle(usage, model=self._model)
+            await self._call.settle(usage, model=self._model, cache_write_1h_tokens=one_hour)
         except ReservationSettled:
             await self._owner._charge_late(usage)
             self._call.settled = usage
@@ -707,7 +696,7 @@ class BudgetedLiteLLM:
             return BudgetedStream(response, call, stack.pop_all(), self, model)
         usage = _response_usage(response)
         if usage is not None:
-            call.settle(_with_one_hour(usage, response.usage, model, self.guard), model=model)
+            call.settle(usage, model=model, cache_write_1h_tokens=_one_hour(usage, response.usage))
         # Without a usage block, leaving the block commits the (pessimistic) estimate.
         if call.final:
             self.wrapped_up = True
@@ -778,8 +767,9 @@ class AsyncBudgetedLiteLLM:
             return AsyncBudgetedStream(response, call, stack.pop_all(), self, model)
         usage = _response_usage(response)
         if usage is not None:
-            settled = _with_one_hour(usage, response.usage, model, self.guard)
-            await call.settle(settled, model=model)
+            await call.settle(
+                usage, model=model, cache_write_1h_tokens=_one_hour(usage, response.usage)
+            )
         if call.final:
             self.wrapped_up = True
             _mark_final(response)

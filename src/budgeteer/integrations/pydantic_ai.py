@@ -346,16 +346,11 @@ class BudgetCapability(AbstractCapability[Any]):
             # The provider reported nothing: the estimate stays committed (the guard commits it
             # when the call's block ends), never a silent zero.
             return
-        normalised = usage_from_pydantic_ai(usage)
-        model = model_name or call.model
-        one_hour = usage.cache_write_1h_tokens
-        if one_hour and self._pricing is not None and model is not None:
-            # The guard's settle has no one-hour argument: price here (Anthropic bills these
-            # above five-minute writes); the guard keeps a given cost.
-            normalised = self._pricing.priced(
-                model, normalised, provider=self.provider, cache_write_1h_tokens=one_hour
-            )
-        await call.settle(normalised, model=model)
+        await call.settle(
+            usage_from_pydantic_ai(usage),
+            model=model_name or call.model,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+        )
 
     # -- tools -----------------------------------------------------------------------------------
 
