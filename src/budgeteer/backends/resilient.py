@@ -165,17 +165,15 @@ class ResilientBackend:
                 self.inner.reserve, reservation_id, path, scopes, amounts, now, expires_at
             )
         except StoreDown as down:
-            if self.policy == "raise":
-                raise down.__cause__ from None  # type: ignore[misc]
-            if self.policy == "allow":
-                local = self._local.reserve(
+            return self._when_down(
+                down,
+                "reserve",
+                path,
+                amounts,
+                lambda: self._local.reserve(
                     LOCAL + reservation_id, path, (_EMERGENCY_SCOPE,), amounts, now, expires_at
-                )
-                if not isinstance(local, Denial):
-                    return local
-            outage = BackendUnavailable(self.url, "reserve", str(down))
-            outage.__cause__ = down.__cause__
-            raise _denial(path, amounts) from outage
+                ),
+            )
 
     def admit(
         self,
@@ -188,17 +186,35 @@ class ResilientBackend:
         try:
             return self._call(self.inner.admit, path, scopes, amounts, now, expect_limits)
         except StoreDown as down:
-            if self.policy == "raise":
-                raise down.__cause__ from None  # type: ignore[misc]
-            if self.policy == "allow":
-                # Admitted against the emergency budget; nothing is queued (an admission is
-                # a rate decision, not spend to deliver later).
-                local = self._local.admit(path, (_EMERGENCY_SCOPE,), amounts, now)
-                if local is not None and not isinstance(local, Denial):
-                    return local
-            outage = BackendUnavailable(self.url, "admit", str(down))
-            outage.__cause__ = down.__cause__
-            raise _denial(path, amounts) from outage
+            # Under "allow", admitted against the emergency budget; nothing is queued (an
+            # admission is a rate decision, not spend to deliver later).
+            return self._when_down(
+                down,
+                "admit",
+                path,
+                amounts,
+                lambda: self._local.admit(path, (_EMERGENCY_SCOPE,), amounts, now),
+            )
+
+    def _when_down(
+        self,
+        down: StoreDown,
+        operation: str,
+        path: str,
+        amounts: Mapping[str, int],
+        emergency: Callable[[], tuple[LimitState, ...] | Denial | None],
+    ) -> tuple[LimitState, ...]:
+        """An admission the store could not answer, by the policy: re-raise the outage
+        (``raise``), admit against the emergency budget (``allow``), or refuse."""
+        if self.policy == "raise":
+            raise down.__cause__ from None  # type: ignore[misc]
+        if self.policy == "allow":
+            local = emergency()
+            if local is not None and not isinstance(local, Denial):
+                return local
+        outage = BackendUnavailable(self.url, operation, str(down))
+        outage.__cause__ = down.__cause__
+        raise _denial(path, amounts) from outage
 
     def prune(self, scope: str, now: float) -> bool:
         pruned: bool = self._raise_down(self._call, self.inner.prune, scope, now)

@@ -45,6 +45,9 @@ class AsyncLedger:
         )
         self._front = LedgerFrontend(backend, clock, default_ttl_s)
         self._backend = backend
+        # A blocking backend that can try an operation without waiting (SQLite) runs it on the
+        # loop first; the others go to a worker thread.
+        self._inline: Callable[..., Any] | None = getattr(backend, "call_without_waiting", None)
 
     @property
     def url(self) -> str:
@@ -171,10 +174,9 @@ class AsyncLedger:
     async def _call(self, operation: str, function: Callable[..., Any], *args: object) -> Any:
         try:
             if self._backend.blocking:
-                inline = getattr(self._backend, "call_without_waiting", None)
-                if inline is not None:
+                if self._inline is not None:
                     with contextlib.suppress(WouldBlock):
-                        return inline(function, *args)
+                        return self._inline(function, *args)
                 return await asyncio.to_thread(function, *args)
             result = function(*args)
             # A native async backend (Redis' asyncio client) returns coroutines to await.
