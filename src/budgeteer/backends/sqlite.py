@@ -103,6 +103,8 @@ ON CONFLICT (scope, dimension)
 DO UPDATE SET used = used + excluded.used, held = held + excluded.held
 """
 _STATE = "SELECT limits_version, next_expiry FROM state"
+# The live holds on scope ?1 or below it.
+_HOLDS_UNDER = "SELECT requested FROM holds WHERE path = ?1 OR substr(path, 1, ?2) = ?1 || '/'"
 _BUMP_LIMITS_VERSION = "UPDATE state SET limits_version = limits_version + 1"
 LIMIT_CACHE_SIZE = 4096
 
@@ -113,6 +115,55 @@ LimitKey = tuple[str, str, str, int]
 @lru_cache(maxsize=256)
 def _add_totals_sql(rows: int) -> str:
     return _ADD_TOTALS.format(values=",".join(["(?, ?, ?, ?)"] * rows))
+
+
+@lru_cache(maxsize=256)
+def _read_sql(pairs: int, state: bool) -> str:
+    """Read ``(index, used, held)`` of ``pairs`` (scope, dimension) pairs, after the
+    ``(-1, limits_version, next_expiry)`` row of ``state`` if asked, in one statement.
+
+    Point lookups joined by ``UNION ALL``: ``scope IN (...) AND dimension IN (...)`` builds
+    ephemeral tables and costs 2-10 times as much on SQLite 3.40. A missing pair has no row.
+    """
+    parts = ["SELECT -1, limits_version, next_expiry FROM state"] if state else []
+    parts += [
+        f"SELECT {i}, used, held FROM totals WHERE scope = ? AND dimension = ?"
+        for i in range(pairs)
+    ]
+    return " UNION ALL ".join(parts)
+
+
+class _Read:
+    """The limits of a path on one set of dimensions, and how to read their totals."""
+
+    __slots__ = ("args", "limits", "pairs")
+
+    def __init__(self, limits: tuple[LimitKey, ...], dimensions: tuple[str, ...]) -> None:
+        self.limits = tuple(key for key in limits if key[1] in dimensions)
+        self.pairs = tuple(dict.fromkeys((key[0], key[1]) for key in self.limits))
+        """Each limited (scope, dimension) pair once, in path order."""
+        self.args = tuple(value for pair in self.pairs for value in pair)
+
+
+class _Plan:
+    """What one process knows of a path's limits while ``limits_version`` stays ``version``."""
+
+    __slots__ = ("limited", "limits", "reads", "version")
+
+    def __init__(self, version: int, limits: tuple[LimitKey, ...]) -> None:
+        self.version = version
+        self.limits = limits
+        self.limited = frozenset((key[0], key[1]) for key in limits)
+        """The (scope, dimension) pairs with a limit: only these keep ``held`` in totals."""
+        self.reads: dict[tuple[str, ...], _Read] = {}
+
+    def read(self, dimensions: tuple[str, ...]) -> _Read:
+        found = self.reads.get(dimensions)
+        if found is None:
+            if len(self.reads) >= 64:  # dimension sets are few; bound them all the same
+                self.reads.clear()
+            found = self.reads[dimensions] = _Read(self.limits, dimensions)
+        return found
 
 
 def _limit_rows_sql(count: int) -> str:
@@ -226,7 +277,7 @@ class SQLiteBackend:
         )
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
-        self._limit_cache: dict[str, tuple[int, tuple[LimitKey, ...]]] = {}
+        self._plans: dict[str, _Plan] = {}
         self._lock_path = str(self.path) + ".lock"
         conn, lock_fd = self._connection()
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
@@ -321,6 +372,20 @@ class SQLiteBackend:
 
     def set_limit(self, scope: str, dimension: str, window_key: str, max_units: int) -> None:
         with self._transaction() as conn:
+            limited = conn.execute(
+                "SELECT 1 FROM limits WHERE scope = ? AND dimension = ?", (scope, dimension)
+            ).fetchone()
+            if limited is None:
+                # The pair starts to keep a held total: the live holds on it so far.
+                held = sum(
+                    json.loads(requested).get(dimension, 0)
+                    for (requested,) in conn.execute(_HOLDS_UNDER, (scope, len(scope) + 1))
+                )
+                conn.execute(
+                    "INSERT INTO totals (scope, dimension, held) VALUES (?, ?, ?)"
+                    " ON CONFLICT (scope, dimension) DO UPDATE SET held = excluded.held",
+                    (scope, dimension, held),
+                )
             conn.execute(
                 "INSERT INTO limits (scope, dimension, window, max_units) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (scope, dimension, window)"
@@ -344,6 +409,12 @@ class SQLiteBackend:
             conn.execute(
                 "DELETE FROM buckets WHERE scope = ? AND dimension = ? AND window = ?", key
             )
+            # The pair's last limit gone: it stops keeping a held total.
+            conn.execute(
+                "UPDATE totals SET held = 0 WHERE scope = ?1 AND dimension = ?2 AND NOT EXISTS"
+                " (SELECT 1 FROM limits WHERE scope = ?1 AND dimension = ?2)",
+                key[:2],
+            )
             conn.execute(_BUMP_LIMITS_VERSION)
         return bool(removed)
 
@@ -366,16 +437,14 @@ class SQLiteBackend:
         expires_at: float,
     ) -> tuple[LimitState, ...] | Denial:
         with self._transaction() as conn:
-            version, next_expiry = conn.execute(_STATE).fetchone()
-            if next_expiry is not None and next_expiry <= now:
-                next_expiry = self._expire(conn, now)
-            all_limits = self._limits(conn, path, scopes, version)
-            checked = self._check(conn, all_limits, scopes, amounts, now, hold=True)
+            read, totals, next_expiry = self._begin(conn, path, scopes, tuple(amounts), now)
+            checked = self._check(conn, read, totals, amounts, now, hold=True)
             if isinstance(checked, Denial):
                 return checked
             states, meters = checked
             self._write_meters(conn, meters)
-            self._add_totals(conn, [(s, d, 0, a) for s in scopes for d, a in amounts.items()])
+            # Only limited pairs keep a held total; reports sum the live holds for the rest.
+            self._add_totals(conn, [(s, d, 0, amounts[d]) for s, d in read.pairs if amounts[d]])
             conn.execute(
                 "INSERT INTO holds VALUES (?, ?, ?, ?, ?)",
                 (reservation_id, path, _dump(amounts), now, expires_at),
@@ -393,13 +462,10 @@ class SQLiteBackend:
         expect_limits: int = -1,
     ) -> tuple[LimitState, ...] | Denial | None:
         with self._transaction() as conn:
-            version, next_expiry = conn.execute(_STATE).fetchone()
-            if next_expiry is not None and next_expiry <= now:
-                self._expire(conn, now)
-            all_limits = self._limits(conn, path, scopes, version)
-            if expect_limits >= 0 and len(all_limits) != expect_limits:
+            read, totals, _ = self._begin(conn, path, scopes, tuple(amounts), now)
+            if expect_limits >= 0 and len(self._plans[path].limits) != expect_limits:
                 return None
-            checked = self._check(conn, all_limits, scopes, amounts, now, hold=False)
+            checked = self._check(conn, read, totals, amounts, now, hold=False)
             if isinstance(checked, Denial):
                 return checked
             states, meters = checked
@@ -427,11 +493,49 @@ class SQLiteBackend:
             self._add_totals(conn, [(s, d, a, 0) for s in scopes for d, a in amounts.items()])
         return tuple(states)
 
+    def _begin(
+        self,
+        conn: sqlite3.Connection,
+        path: str,
+        scopes: tuple[str, ...],
+        dimensions: tuple[str, ...],
+        now: float,
+    ) -> tuple[_Read, dict[tuple[str, str], tuple[int, int]], float | None]:
+        """Start a reserve or admit: reclaim due holds, and read the path's limits on
+        ``dimensions`` with their totals. Returns those and ``next_expiry``.
+
+        With the path's limits cached, the state row and the totals come in one statement;
+        the totals are read again only if the limits moved or expiry changed them.
+        """
+        plan = self._plans.get(path)
+        totals: dict[tuple[str, str], tuple[int, int]] | None = None
+        if plan is None:
+            version, next_expiry = conn.execute(_STATE).fetchone()
+        else:
+            read = plan.read(dimensions)
+            found = conn.execute(_read_sql(len(read.pairs), True), read.args).fetchall()
+            totals = {}
+            for index, used, held in found:
+                if index < 0:
+                    version, next_expiry = used, held
+                else:
+                    totals[read.pairs[index]] = (used, held)
+        if next_expiry is not None and next_expiry <= now:
+            next_expiry = self._expire(conn, now)
+            totals = None
+        if plan is None or plan.version != version:
+            plan = self._plan(conn, path, scopes, version)
+            totals = None
+        read = plan.read(dimensions)
+        if totals is None:
+            totals = self._totals(conn, read)
+        return read, totals, next_expiry
+
     def _check(
         self,
         conn: sqlite3.Connection,
-        all_limits: tuple[LimitKey, ...],
-        scopes: tuple[str, ...],
+        read: _Read,
+        totals: dict[tuple[str, str], tuple[int, int]],
         amounts: Mapping[str, int],
         now: float,
         *,
@@ -442,12 +546,10 @@ class SQLiteBackend:
         Returns the states as after the operation and the windowed meters read (to be written
         back by the caller), or the ``Denial`` (meters refreshed and written, nothing else).
         """
-        limits = [k for k in all_limits if k[1] in amounts]
-        totals = self._totals(conn, scopes, amounts) if limits else {}
         states: list[LimitState] = []
         meters: list[_Row] = []
         paced: list[tuple[_Row, float]] = []
-        for key in limits:
+        for key in read.limits:
             scope, dimension, window_key, max_units = key
             requested = amounts[dimension]
             used, held = totals.get((scope, dimension), (0, 0))
@@ -487,10 +589,7 @@ class SQLiteBackend:
     def prune(self, scope: str, now: float) -> bool:
         with self._transaction() as conn:
             self._expire_due(conn, now)
-            held = conn.execute(
-                "SELECT count(*) FROM totals WHERE scope = ? AND held != 0", (scope,)
-            ).fetchone()[0]
-            if held:
+            if any(self._held_under(conn, scope).values()):
                 return False
             rows = self._rows(conn, (scope,), now)
             for row in rows:
@@ -616,12 +715,13 @@ class SQLiteBackend:
             self._expire_due(conn, now)
             rows = self._rows(conn, (scope,), now)
             self._write_meters(conn, rows)
-            totals = conn.execute(
-                "SELECT dimension, used, held FROM totals WHERE scope = ?", (scope,)
+            used = conn.execute(
+                "SELECT dimension, used FROM totals WHERE scope = ? AND used != 0", (scope,)
             ).fetchall()
+            held = self._held_under(conn, scope)
         return ScopeMeters(
-            used={d: u for d, u, _ in totals if u},
-            held={d: h for d, _, h in totals if h},
+            used=dict(used),
+            held={d: h for d, h in held.items() if h},
             limits=tuple(r.state() for r in rows),
         )
 
@@ -721,22 +821,30 @@ class SQLiteBackend:
         ``None`` when the row exists already (an expired hold committed late).
         """
         scopes = path_prefixes(path)
-        limits = [key for key in self._limits(conn, path, scopes, version) if key[1] in actual]
-        totals = self._totals(conn, scopes, actual) if limits else {}
-        dimensions = set(actual) | set(held)
-        self._add_totals(
-            conn,
-            [(s, d, actual.get(d, 0), -held.get(d, 0)) for s in scopes for d in dimensions],
-        )
+        plan = self._plan(conn, path, scopes, version)
+        limited = plan.limited
+        rows = [
+            (s, d, a, -held.get(d, 0) if (s, d) in limited else 0)
+            for s in scopes
+            for d, a in actual.items()
+        ]
+        rows += [
+            (s, d, 0, -a)
+            for s in scopes
+            for d, a in held.items()
+            if d not in actual and a and (s, d) in limited
+        ]
+        self._add_totals(conn, rows)
+        read = plan.read(tuple(actual))
+        # Read after the update: the used and held totals as this commit leaves them.
+        totals = self._totals(conn, read) if read.pairs else {}
         over: list[LimitState] = []
         meters: list[_Row] = []
-        for key in limits:
+        for key in read.limits:
             scope, dimension, window_key, max_units = key
             if window_key.startswith("pacing:"):
                 continue  # a bucket paces admissions; commits do not fill it
-            used_before, held_before = totals.get((scope, dimension), (0, 0))
-            used = used_before + actual[dimension]
-            held_now = held_before - held.get(dimension, 0)
+            used, held_now = totals.get((scope, dimension), (0, 0))
             if window_key != "lifetime":
                 row = self._meter(conn, key, now)
                 amount = actual[dimension]
@@ -789,13 +897,13 @@ class SQLiteBackend:
             )
         return CommitOutcome("committed", path, actual, now, tuple(over), metadata, late)
 
-    def _limits(
+    def _plan(
         self, conn: sqlite3.Connection, path: str, scopes: tuple[str, ...], version: int
-    ) -> tuple[LimitKey, ...]:
+    ) -> _Plan:
         """The limits of every scope on ``path``, top first; cached until ``version`` moves."""
-        cached = self._limit_cache.get(path)
-        if cached is not None and cached[0] == version:
-            return cached[1]
+        cached = self._plans.get(path)
+        if cached is not None and cached.version == version:
+            return cached
         marks = ",".join("?" * len(scopes))
         found = conn.execute(
             f"SELECT scope, dimension, window, max_units FROM limits WHERE scope IN ({marks})",
@@ -803,23 +911,19 @@ class SQLiteBackend:
         ).fetchall()
         order = {scope: i for i, scope in enumerate(scopes)}
         keys: tuple[LimitKey, ...] = tuple(sorted(found, key=lambda key: order[key[0]]))
-        if len(self._limit_cache) >= LIMIT_CACHE_SIZE:
-            self._limit_cache.clear()
-        self._limit_cache[path] = (version, keys)
-        return keys
+        if len(self._plans) >= LIMIT_CACHE_SIZE:
+            self._plans.clear()
+        plan = self._plans[path] = _Plan(version, keys)
+        return plan
 
     @staticmethod
-    def _totals(
-        conn: sqlite3.Connection, scopes: tuple[str, ...], dimensions: Mapping[str, int]
-    ) -> dict[tuple[str, str], tuple[int, int]]:
-        """``(used, held)`` of each of ``dimensions`` on each of ``scopes``, by key."""
-        found = conn.execute(
-            f"SELECT scope, dimension, used, held FROM totals WHERE scope IN"
-            f" ({','.join('?' * len(scopes))}) AND dimension IN"
-            f" ({','.join('?' * len(dimensions))})",
-            (*scopes, *dimensions),
-        )
-        return {(scope, dimension): (used, held) for scope, dimension, used, held in found}
+    def _totals(conn: sqlite3.Connection, read: _Read) -> dict[tuple[str, str], tuple[int, int]]:
+        """``(used, held)`` of each of ``read``'s limited pairs that has a totals row."""
+        if not read.pairs:
+            return {}
+        pairs = read.pairs
+        found = conn.execute(_read_sql(len(pairs), False), read.args)
+        return {pairs[index]: (used, held) for index, used, held in found}
 
     @staticmethod
     def _add_totals(conn: sqlite3.Connection, rows: list[tuple[str, str, int, int]]) -> None:
@@ -844,10 +948,22 @@ class SQLiteBackend:
         return row
 
     def _drop_hold(self, conn: sqlite3.Connection, path: str, held: Mapping[str, int]) -> None:
+        # Only limited pairs carry held totals (the limits table decides, not a cached plan).
         conn.executemany(
-            "UPDATE totals SET held = held - ? WHERE scope = ? AND dimension = ?",
-            [(a, s, d) for s in path_prefixes(path) for d, a in held.items()],
+            "UPDATE totals SET held = held - ?1 WHERE scope = ?2 AND dimension = ?3 AND EXISTS"
+            " (SELECT 1 FROM limits WHERE scope = ?2 AND dimension = ?3)",
+            [(a, s, d) for s in path_prefixes(path) for d, a in held.items() if a],
         )
+
+    @staticmethod
+    def _held_under(conn: sqlite3.Connection, scope: str) -> dict[str, int]:
+        """What the live holds on ``scope`` and below hold, by dimension (a scan of the
+        small live-holds table: unlimited pairs keep no held total)."""
+        held: dict[str, int] = {}
+        for (requested,) in conn.execute(_HOLDS_UNDER, (scope, len(scope) + 1)):
+            for dimension, amount in json.loads(requested).items():
+                held[dimension] = held.get(dimension, 0) + amount
+        return held
 
     def _expire(self, conn: sqlite3.Connection, now: float) -> float | None:
         """Reclaim every hold past its TTL; return the new ``next_expiry`` (``None``: no holds).
