@@ -45,7 +45,9 @@ from budgeteer.model import LimitState
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""3: ``totals.held`` is kept only for (scope, dimension) pairs that have a limit. A version 2
+file opens as it is (the held totals of unlimited pairs are no longer read) and is marked 3."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -315,6 +317,21 @@ class SQLiteBackend:
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+            (stored,) = conn.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'"
+            ).fetchone()
+            if int(stored) > SCHEMA_VERSION:
+                raise InvalidInput(
+                    "path",
+                    str(self.path),
+                    f"written by a newer budgeteer (schema {stored}; this one reads"
+                    f" up to {SCHEMA_VERSION})",
+                )
+            if int(stored) < SCHEMA_VERSION:
+                conn.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                    (str(SCHEMA_VERSION),),
+                )
         finally:
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
 
