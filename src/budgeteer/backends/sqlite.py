@@ -470,7 +470,7 @@ class SQLiteBackend:
         expires_at: float,
     ) -> tuple[LimitState, ...] | Denial:
         with self._transaction() as conn:
-            read, totals, next_expiry = self._begin(conn, path, scopes, tuple(amounts), now)
+            _, read, totals, next_expiry = self._begin(conn, path, scopes, tuple(amounts), now)
             checked = self._check(conn, read, totals, amounts, now, hold=True)
             if isinstance(checked, Denial):
                 return checked
@@ -497,8 +497,8 @@ class SQLiteBackend:
         expect_limits: int = -1,
     ) -> tuple[LimitState, ...] | Denial | None:
         with self._transaction() as conn:
-            read, totals, _ = self._begin(conn, path, scopes, tuple(amounts), now)
-            if expect_limits >= 0 and len(self._plans[path].limits) != expect_limits:
+            plan, read, totals, _ = self._begin(conn, path, scopes, tuple(amounts), now)
+            if expect_limits >= 0 and len(plan.limits) != expect_limits:
                 return None
             checked = self._check(conn, read, totals, amounts, now, hold=False)
             if isinstance(checked, Denial):
@@ -537,9 +537,9 @@ class SQLiteBackend:
         scopes: tuple[str, ...],
         dimensions: tuple[str, ...],
         now: float,
-    ) -> tuple[_Read, dict[tuple[str, str], tuple[int, int]], float | None]:
+    ) -> tuple[_Plan, _Read, dict[tuple[str, str], tuple[int, int]], float | None]:
         """Start a reserve or admit: reclaim due holds, and read the path's limits on
-        ``dimensions`` with their totals. Returns those and ``next_expiry``.
+        ``dimensions`` with their totals. Returns the plan, those and ``next_expiry``.
 
         With the path's limits cached, the state row and the totals come in one statement;
         the totals are read again only if the limits moved or expiry changed them.
@@ -566,7 +566,7 @@ class SQLiteBackend:
         read = plan.read(dimensions)
         if totals is None:
             totals = self._totals(conn, read)
-        return read, totals, next_expiry
+        return plan, read, totals, next_expiry
 
     def _check(
         self,
