@@ -68,9 +68,6 @@ def search(q: str) -> str:
 class HooksOnly(AgentMiddleware):
     """The hooks ``BudgetMiddleware`` uses, doing nothing."""
 
-    def before_model(self, state: Any, runtime: Any) -> dict[str, Any] | None:
-        return None
-
     def wrap_model_call(
         self, request: ModelRequest[Any], handler: Callable[[ModelRequest[Any]], ModelResponse[Any]]
     ) -> ModelResponse[Any]:

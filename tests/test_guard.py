@@ -58,6 +58,38 @@ def test_model_call_reserves_an_estimate_then_commits_the_priced_actual(ledger: 
     assert org.held == Usage()
 
 
+def test_a_measured_prompt_size_stands_for_the_prompt(ledger: Ledger) -> None:
+    pricing = Pricing()
+    prompt = [{"role": "user", "content": "p" * 300}, {"role": "tool", "content": "q" * 30}]
+    with RunGuard(ledger, RUN, pricing=pricing) as run:
+        tokens = estimate_prompt_tokens(prompt)
+        plan = run.plan_call("gpt-4o", prompt_tokens=tokens, max_tokens=1000)
+        assert plan == run.plan_call("gpt-4o", prompt=prompt, max_tokens=1000)
+        with run.model_call("gpt-4o", prompt_tokens=tokens, max_tokens=1000) as measured:
+            pass
+        with run.model_call("gpt-4o", prompt=prompt, max_tokens=1000) as counted:
+            pass
+    assert measured.estimate == counted.estimate
+    assert measured.estimate.input_tokens == (4 + 100) + (4 + 10)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "prompt_tokens"), [(None, -1), (None, True), (None, 2.5), ("both", 3)]
+)
+def test_a_bad_prompt_size_is_refused_and_holds_nothing(
+    ledger: Ledger, prompt: str | None, prompt_tokens: object
+) -> None:
+    with RunGuard(ledger, RUN) as run:
+        with (
+            pytest.raises(InvalidInput) as caught,
+            run.model_call(prompt=prompt, prompt_tokens=prompt_tokens),  # type: ignore[arg-type]
+        ):
+            pass
+        assert caught.value.field == "prompt_tokens"
+        assert ledger.usage(RUN).held == Usage()
+    assert run.report.model_calls == 0
+
+
 def test_a_call_that_would_cross_the_cap_is_refused_before_it_is_made(ledger: Ledger) -> None:
     ledger.set_limit("org:acme", Limit("output_tokens", 1500))
     calls_made = 0

@@ -77,6 +77,17 @@ def estimate_prompt_tokens(prompt: str | Sequence[object] | None) -> int:
     return total
 
 
+def _prompt_size(prompt: str | Sequence[object] | None, prompt_tokens: int | None) -> int:
+    """The prompt estimate: ``prompt_tokens`` when the caller measured it, else ``prompt``'s."""
+    if prompt_tokens is None:
+        return estimate_prompt_tokens(prompt)
+    if isinstance(prompt_tokens, bool) or not isinstance(prompt_tokens, int) or prompt_tokens < 0:
+        raise InvalidInput("prompt_tokens", prompt_tokens, "expected a whole number >= 0")
+    if prompt is not None:
+        raise InvalidInput("prompt_tokens", prompt_tokens, "give prompt or prompt_tokens, not both")
+    return prompt_tokens
+
+
 def _message_text(message: object) -> str:
     if isinstance(message, str):
         return message
@@ -209,6 +220,7 @@ class _RunState:
         max_tokens: int | None,
         estimate: Usage | None,
         provider: str | None,
+        prompt_tokens: int | None = None,
     ) -> Usage:
         if estimate is not None:
             if not isinstance(estimate, Usage):
@@ -220,7 +232,7 @@ class _RunState:
             ):
                 raise InvalidInput("max_tokens", max_tokens, "expected a whole number >= 0")
             usage = Usage(
-                input_tokens=estimate_prompt_tokens(prompt),
+                input_tokens=_prompt_size(prompt, prompt_tokens),
                 output_tokens=self.default_max_tokens if max_tokens is None else max_tokens,
                 requests=1,
             )
@@ -388,6 +400,7 @@ class _RunState:
         prompt: str | Sequence[object] | None,
         max_tokens: int | None,
         provider: str | None,
+        prompt_tokens: int | None = None,
     ) -> CallPlan:
         policy = self.policy
         rungs = tuple(self.fired)
@@ -402,7 +415,7 @@ class _RunState:
             and not exhausted
             and (policy.clamp_max_tokens or (self.wrap_up_available and not stopped))
         ):
-            room = self._affordable(planned_model, prompt, provider)
+            room = self._affordable(planned_model, _prompt_size(prompt, prompt_tokens), provider)
         reserve = policy.summary_reserve if policy is not None else None
         if (
             self.wrap_up_available
@@ -434,11 +447,11 @@ class _RunState:
         )
 
     def _affordable(
-        self, model: str | None, prompt: str | Sequence[object] | None, provider: str | None
+        self, model: str | None, prompt_tokens: int, provider: str | None
     ) -> int | None:
         return affordable_output_tokens(
             self.heads.values(),
-            estimate_prompt_tokens(prompt),
+            prompt_tokens,
             price_function(self.pricing, model, provider),
         )
 
@@ -699,6 +712,7 @@ class _GuardBase:
         prompt: str | Sequence[object] | None = None,
         max_tokens: int | None = None,
         provider: str | None = None,
+        prompt_tokens: int | None = None,
     ) -> CallPlan:
         """How to make the next model call under the run's ``Policy`` (a preview: no I/O).
 
@@ -706,8 +720,10 @@ class _GuardBase:
         ``plan.max_tokens``, offer tools only if ``plan.tools_allowed``, and on ``plan.final``
         ask for a wrap-up. It reflects the limits as of the run's last admission, updated
         by the run's own commits since (other processes' spend shows at the next admission).
+        ``prompt_tokens`` is the prompt's size when the caller has measured it (see
+        ``model_call``); it replaces ``prompt``.
         """
-        return self._state.plan(model, prompt, max_tokens, provider)
+        return self._state.plan(model, prompt, max_tokens, provider, prompt_tokens)
 
     def _policy_check(self, dimension: str, action: str) -> None:
         error = self._state.stopped_by_policy(dimension, action)
@@ -866,15 +882,20 @@ class RunGuard(_GuardBase):
         max_tokens: int | None = None,
         estimate: Usage | None = None,
         provider: str | None = None,
+        prompt_tokens: int | None = None,
     ) -> Iterator[ModelCall]:
         """Admit one model call: reserve its estimate (prompt size + ``max_tokens``, priced).
+
+        ``prompt_tokens`` replaces ``prompt`` with its size already measured the guard's way
+        (``estimate_prompt_tokens``), e.g. kept per message by an integration so that a long
+        conversation is not measured again on every call.
 
         Raises:
             BudgetExceeded: the call would cross a limit (nothing was spent).
             UnknownModel: no price for ``model`` under the pricing's "refuse" policy.
         """
         state = self._state
-        usage = state.call_estimate(model, prompt, max_tokens, estimate, provider)
+        usage = state.call_estimate(model, prompt, max_tokens, estimate, provider, prompt_tokens)
         state.check_wrapped_up()
         final = state.stopped_by is not None and state.wrap_up_available
         if final:
@@ -1150,9 +1171,10 @@ class AsyncRunGuard(_GuardBase):
         max_tokens: int | None = None,
         estimate: Usage | None = None,
         provider: str | None = None,
+        prompt_tokens: int | None = None,
     ) -> AbstractAsyncContextManager[AsyncModelCall]:
         """See ``RunGuard.model_call``."""
-        return self._model_call(model, prompt, max_tokens, estimate, provider)
+        return self._model_call(model, prompt, max_tokens, estimate, provider, prompt_tokens)
 
     @asynccontextmanager
     async def _model_call(
@@ -1162,9 +1184,10 @@ class AsyncRunGuard(_GuardBase):
         max_tokens: int | None,
         estimate: Usage | None,
         provider: str | None,
+        prompt_tokens: int | None,
     ) -> AsyncIterator[AsyncModelCall]:
         state = self._state
-        usage = state.call_estimate(model, prompt, max_tokens, estimate, provider)
+        usage = state.call_estimate(model, prompt, max_tokens, estimate, provider, prompt_tokens)
         state.check_wrapped_up()
         final = state.stopped_by is not None and state.wrap_up_available
         if final:

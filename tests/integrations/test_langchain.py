@@ -27,6 +27,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool, tool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
 from budgeteer import (
@@ -43,6 +44,7 @@ from budgeteer import (
     RunGuard,
     Usage,
 )
+from budgeteer.guard import estimate_prompt_tokens
 from budgeteer.integrations.langchain import (
     EXHAUSTED_KEY,
     AsyncBudgetCallbackHandler,
@@ -367,6 +369,49 @@ def test_callback_reserves_the_invocation_max_tokens_before_the_call(ledger: Led
     assert ledger.usage(PATH).held.output_tokens == 0
 
 
+@pytest.mark.parametrize("via", ["callback", "middleware"])
+def test_each_call_holds_the_guards_estimate_of_the_whole_conversation(
+    ledger: Ledger, via: str
+) -> None:
+    # The integrations measure each message once and give the guard the sum: at every call it
+    # must be what the guard counts from the whole conversation sent, tool-call arguments, the
+    # system prompt and the tool schemas included.
+    sent: list[tuple[list[BaseMessage], int]] = []
+
+    class Recording(ScriptedChatModel):
+        def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
+            sent.append((list(messages), ledger.usage(PATH).held.input_tokens))
+            return super()._generate(messages, *args, **kwargs)
+
+    def three_then_done() -> Iterator[AIMessage]:
+        yield from (tool_reply(i, reported(), "gpt-4o") for i in range(1, 4))
+        yield AIMessage("done", usage_metadata=reported())
+
+    tools = Tools()
+    model = Recording(model_name="gpt-4o", messages=three_then_done())
+    with RunGuard(ledger, PATH, pricing=Pricing()) as run:
+        callbacks = [BudgetCallbackHandler(run)] if via == "callback" else []
+        middleware = [BudgetMiddleware(run)] if via == "middleware" else []
+        agent = create_agent(
+            model, [tools.search], system_prompt="Be brief.", middleware=middleware
+        )
+        agent.invoke({"messages": [HumanMessage("find it " * 50)]}, config={"callbacks": callbacks})
+    # A callback sees the tools bound to the model; the middleware the agent's tool definitions.
+    schemas = json.dumps(
+        ["search"] if via == "callback" else [convert_to_openai_tool(tools.search)]
+    )
+    assert len(sent) == 4
+    for messages, held in sent:
+        prompt = [
+            message.text
+            + (json.dumps([{"name": c["name"], "args": c["args"]} for c in message.tool_calls]))
+            if isinstance(message, AIMessage) and message.tool_calls
+            else message.text
+            for message in messages
+        ]
+        assert held == estimate_prompt_tokens([*prompt, schemas])
+
+
 async def test_async_callback_handler_stops_an_async_run(aledger: AsyncLedger) -> None:
     tools = Tools()
     with pytest.raises(BudgetExceeded) as caught:
@@ -558,7 +603,7 @@ def test_middleware_ends_gracefully_at_the_tool_cap(ledger: Ledger) -> None:
         result = agent.invoke({"messages": [HumanMessage("go")]})
     final = last(result)
     assert not final.tool_calls
-    # before_model jumped to the end: no model call after the refused tool call.
+    # The budget was out: the next model step answered with the final message, calling nothing.
     assert len(model.calls) == run.report.usage.requests == 4
     fields = final.response_metadata[EXHAUSTED_KEY]
     assert (fields["scope"], fields["dimension"], fields["limit"]) == (PATH, "tool_calls", "3")

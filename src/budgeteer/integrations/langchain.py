@@ -49,7 +49,6 @@ from langchain.agents.middleware import (
     AgentState,
     ModelRequest,
     ModelResponse,
-    hook_config,
 )
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
@@ -57,11 +56,17 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.prebuilt.tool_node import ToolCallRequest
-from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from budgeteer.errors import BudgetExceeded, InvalidInput
-from budgeteer.guard import AsyncModelCall, AsyncRunGuard, ModelCall, RunGuard
+from budgeteer.guard import (
+    TOKENS_PER_MESSAGE,
+    AsyncModelCall,
+    AsyncRunGuard,
+    ModelCall,
+    RunGuard,
+    estimate_prompt_tokens,
+)
 from budgeteer.integrations._usage import usage_from_langchain, usage_from_openai
 from budgeteer.model import Usage
 from budgeteer.policy import CallPlan
@@ -117,73 +122,80 @@ _MAX_TOKENS_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 @dataclass(frozen=True, slots=True)
 class _CallSpec:
-    """The model name, provider, output cap and prompt a call is admitted with."""
+    """The model name, provider, output cap and prompt size a call is admitted with."""
 
     model: str | None
     provider: str | None
     max_tokens: int | None
-    prompt: list[dict[str, str]]
+    prompt_tokens: int
 
 
-def _message_dict(message: BaseMessage) -> dict[str, str]:
+def _text_tokens(text: str) -> int:
+    """One chat message of ``text`` in the guard's prompt estimate (``estimate_prompt_tokens``)."""
+    return TOKENS_PER_MESSAGE + estimate_prompt_tokens(text)
+
+
+def _message_tokens(message: BaseMessage) -> int:
     text = str(message.text)
     calls = getattr(message, "tool_calls", None)
     if calls:
         # Tool-call arguments are prompt tokens on the next request too.
         text += json.dumps([{"name": c["name"], "args": c["args"]} for c in calls], default=str)
-    return {"role": message.type, "content": text}
+    return _text_tokens(text)
 
 
-def _tools_dict(tools: Sequence[object]) -> list[dict[str, str]]:
+def _tools_tokens(tools: Sequence[object]) -> int:
     """Tool definitions count as prompt tokens: one pseudo-message with their JSON schemas."""
     if not tools:
-        return []
+        return 0
     schemas = []
     for tool in tools:
         try:
             schemas.append(convert_to_openai_tool(tool))  # type: ignore[arg-type]
         except (ValueError, TypeError):  # an unusual tool shape: count its text, do not fail
             schemas.append({"tool": str(tool)})
-    return [{"role": "tools", "content": json.dumps(schemas, default=str)}]
+    return _text_tokens(json.dumps(schemas, default=str))
 
 
 class _PromptCache:
-    """Prompt estimates for one run: each message is read once, each tool list converted once.
+    """Prompt estimates for one run: each message is measured once, each tool list once.
 
-    An agent resends its whole conversation on every call, so reading every message again
+    An agent resends its whole conversation on every call, so measuring every message again
     would make the run's estimating cost quadratic. Messages are keyed by their id (LangChain's
-    message reducer gives every message in an agent's state one) and size.
+    message reducer gives every message in an agent's state one) and size; the guard is given
+    the sum (``prompt_tokens``), the same number it would count from the messages' text.
     """
 
     def __init__(self) -> None:
-        self._messages: dict[tuple[str, str, int, int], dict[str, str]] = {}
-        self._tools: dict[tuple[int, ...], tuple[tuple[object, ...], list[dict[str, str]]]] = {}
+        self._messages: dict[tuple[str, str, int, int], int] = {}
+        self._tools: dict[tuple[int, ...], tuple[tuple[object, ...], int]] = {}
 
-    def messages(self, messages: Iterable[BaseMessage]) -> list[dict[str, str]]:
-        prompt = []
+    def messages(self, messages: Iterable[BaseMessage]) -> int:
+        cache = self._messages
+        total = 0
         for message in messages:
             if message.id is None:
-                prompt.append(_message_dict(message))
+                total += _message_tokens(message)
                 continue
             # A message replaced under the same id (LangChain's reducer allows it) has, almost
             # always, another length: re-read it then.
             calls = getattr(message, "tool_calls", None) or ()
             key = (message.id, message.type, len(message.content), len(calls))
-            entry = self._messages.get(key)
-            if entry is None:
-                entry = self._messages[key] = _message_dict(message)
-            prompt.append(entry)
-        return prompt
+            tokens = cache.get(key)
+            if tokens is None:
+                tokens = cache[key] = _message_tokens(message)
+            total += tokens
+        return total
 
-    def tools(self, tools: Sequence[object]) -> list[dict[str, str]]:
+    def tools(self, tools: Sequence[object]) -> int:
         key = tuple(id(tool) for tool in tools)
         cached = self._tools.get(key)
         # The tuple of tools is kept so that an id cannot be reused by another object.
         if cached is not None and all(a is b for a, b in zip(cached[0], tools, strict=True)):
             return cached[1]
-        converted = _tools_dict(tools)
-        self._tools[key] = (tuple(tools), converted)
-        return converted
+        tokens = _tools_tokens(tools)
+        self._tools[key] = (tuple(tools), tokens)
+        return tokens
 
 
 def _int_setting(source: Mapping[str, Any] | None, keys: Iterable[str]) -> int | None:
@@ -345,7 +357,7 @@ class _HandlerConfig:
 
     def spec(
         self,
-        prompt: list[dict[str, str]],
+        prompt_tokens: int,
         metadata: Mapping[str, Any] | None,
         invocation_params: Mapping[str, Any] | None,
     ) -> _CallSpec:
@@ -358,14 +370,17 @@ class _HandlerConfig:
             max_tokens = _int_setting(params, _MAX_TOKENS_KEYS)
         tools = params.get("tools")
         if tools:
-            prompt = [*prompt, {"role": "tools", "content": json.dumps(tools, default=str)}]
+            prompt_tokens += _text_tokens(json.dumps(tools, default=str))
         provider = _provider(meta.get("ls_provider"), self.provider)
-        return _CallSpec(model, provider, max_tokens, prompt)
+        return _CallSpec(model, provider, max_tokens, prompt_tokens)
 
     def refusal(self, guard: RunGuard | AsyncRunGuard, spec: _CallSpec) -> BudgetExceeded | None:
         """The refusal that stops this call before admission, if the run is already over."""
         plan = guard.plan_call(
-            spec.model, prompt=spec.prompt, max_tokens=spec.max_tokens, provider=spec.provider
+            spec.model,
+            prompt_tokens=spec.prompt_tokens,
+            max_tokens=spec.max_tokens,
+            provider=spec.provider,
         )
         if plan.exhausted:
             return guard.exhausted
@@ -375,8 +390,8 @@ class _HandlerConfig:
         return None
 
 
-def _text_prompt(prompts: list[str]) -> list[dict[str, str]]:
-    return [{"role": "user", "content": prompt} for prompt in prompts]
+def _text_prompt(prompts: list[str]) -> int:
+    return sum(_text_tokens(prompt) for prompt in prompts)
 
 
 def _tool_name(serialized: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> str:
@@ -443,8 +458,8 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Admit the chat model call before it runs."""
-        prompt = self._prompts.messages(m for batch in messages for m in batch)
-        self._start(run_id, prompt, metadata, kwargs.get("invocation_params"))
+        tokens = self._prompts.messages(m for batch in messages for m in batch)
+        self._start(run_id, tokens, metadata, kwargs.get("invocation_params"))
 
     def on_llm_start(
         self,
@@ -545,11 +560,11 @@ class BudgetCallbackHandler(BaseCallbackHandler):
     def _start(
         self,
         run_id: UUID,
-        prompt: list[dict[str, str]],
+        prompt_tokens: int,
         metadata: Mapping[str, Any] | None,
         invocation_params: Mapping[str, Any] | None,
     ) -> None:
-        spec = self._config.spec(prompt, metadata, invocation_params)
+        spec = self._config.spec(prompt_tokens, metadata, invocation_params)
         with self._lock:
             refusal = self._config.refusal(self.guard, spec)
             if refusal is not None:
@@ -558,7 +573,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             call = stack.enter_context(
                 self.guard.model_call(
                     spec.model,
-                    prompt=spec.prompt,
+                    prompt_tokens=spec.prompt_tokens,
                     max_tokens=spec.max_tokens,
                     provider=spec.provider,
                 )
@@ -630,8 +645,8 @@ class AsyncBudgetCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """See ``BudgetCallbackHandler.on_chat_model_start``."""
-        prompt = self._prompts.messages(m for batch in messages for m in batch)
-        self._on_loop(self._start(run_id, prompt, metadata, kwargs.get("invocation_params")))
+        tokens = self._prompts.messages(m for batch in messages for m in batch)
+        self._on_loop(self._start(run_id, tokens, metadata, kwargs.get("invocation_params")))
 
     def on_llm_start(
         self,
@@ -645,8 +660,8 @@ class AsyncBudgetCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """See ``BudgetCallbackHandler.on_llm_start``."""
-        prompt = _text_prompt(prompts)
-        self._on_loop(self._start(run_id, prompt, metadata, kwargs.get("invocation_params")))
+        tokens = _text_prompt(prompts)
+        self._on_loop(self._start(run_id, tokens, metadata, kwargs.get("invocation_params")))
 
     def on_llm_end(
         self,
@@ -725,18 +740,21 @@ class AsyncBudgetCallbackHandler(BaseCallbackHandler):
     async def _start(
         self,
         run_id: UUID,
-        prompt: list[dict[str, str]],
+        prompt_tokens: int,
         metadata: Mapping[str, Any] | None,
         invocation_params: Mapping[str, Any] | None,
     ) -> None:
-        spec = self._config.spec(prompt, metadata, invocation_params)
+        spec = self._config.spec(prompt_tokens, metadata, invocation_params)
         refusal = self._config.refusal(self.guard, spec)
         if refusal is not None:
             raise refusal
         stack = AsyncExitStack()
         call = await stack.enter_async_context(
             self.guard.model_call(
-                spec.model, prompt=spec.prompt, max_tokens=spec.max_tokens, provider=spec.provider
+                spec.model,
+                prompt_tokens=spec.prompt_tokens,
+                max_tokens=spec.max_tokens,
+                provider=spec.provider,
             )
         )
         with self._lock:
@@ -851,18 +869,9 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         self._lock = threading.RLock()
 
     # -- hooks ----------------------------------------------------------------------------------
-
-    @hook_config(can_jump_to=["end"])
-    def before_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """End the run before the model node when the budget is already out (e.g. a tool cap)."""
-        return self._end_if_exhausted()
-
-    @hook_config(can_jump_to=["end"])
-    async def abefore_model(
-        self, state: AgentState[Any], runtime: Runtime[Any]
-    ) -> dict[str, Any] | None:
-        """See ``before_model``."""
-        return self._end_if_exhausted()
+    # No before_model hook: it would add a graph node to every step. When the budget is out,
+    # wrap_model_call answers with the final message instead of calling the model, and an AI
+    # message without tool calls ends the agent's loop just the same.
 
     def wrap_model_call(
         self,
@@ -881,7 +890,7 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
                     call = stack.enter_context(
                         guard.model_call(
                             planned.spec.model,
-                            prompt=planned.spec.prompt,
+                            prompt_tokens=planned.spec.prompt_tokens,
                             max_tokens=planned.spec.max_tokens,
                             provider=planned.spec.provider,
                         )
@@ -918,7 +927,7 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
                 call = await stack.enter_async_context(
                     guard.model_call(
                         planned.spec.model,
-                        prompt=planned.spec.prompt,
+                        prompt_tokens=planned.spec.prompt_tokens,
                         max_tokens=planned.spec.max_tokens,
                         provider=planned.spec.provider,
                     )
@@ -979,7 +988,10 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         """Apply the guard's plan to ``request``: ``None`` when nothing more may run."""
         spec = self._spec(request)
         plan = self.guard.plan_call(
-            spec.model, prompt=spec.prompt, max_tokens=spec.max_tokens, provider=spec.provider
+            spec.model,
+            prompt_tokens=spec.prompt_tokens,
+            max_tokens=spec.max_tokens,
+            provider=spec.provider,
         )
         if plan.exhausted:
             return None
@@ -991,7 +1003,10 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
             request = request.override(model=self._chat_model(plan.model))
             spec = replace(self._spec(request), model=plan.model)
             plan = self.guard.plan_call(
-                spec.model, prompt=spec.prompt, max_tokens=spec.max_tokens, provider=spec.provider
+                spec.model,
+                prompt_tokens=spec.prompt_tokens,
+                max_tokens=spec.max_tokens,
+                provider=spec.provider,
             )
             if plan.exhausted:
                 return None
@@ -1002,7 +1017,7 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         tools = self._allowed_tools(request.tools, plan)
         if len(tools) != len(request.tools):
             request = request.override(tools=tools)
-            spec = replace(spec, prompt=self._prompt(request))
+            spec = replace(spec, prompt_tokens=self._prompt(request))
         return _Planned(request, spec, final=False)
 
     def _final(
@@ -1056,11 +1071,11 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         provider = _provider(params.get("ls_provider"), self._provider)
         return _CallSpec(model, provider, max_tokens, self._prompt(request))
 
-    def _prompt(self, request: ModelRequest[Any]) -> list[dict[str, str]]:
-        messages = list(request.messages)
+    def _prompt(self, request: ModelRequest[Any]) -> int:
+        tokens = self._prompts.messages(request.messages) + self._prompts.tools(request.tools)
         if request.system_message is not None:
-            messages.insert(0, request.system_message)
-        return self._prompts.messages(messages) + self._prompts.tools(request.tools)
+            tokens += self._prompts.messages((request.system_message,))
+        return tokens
 
     def _chat_model(self, name: str) -> BaseChatModel:
         """The chat model for a downgrade target (built once per name)."""
@@ -1098,14 +1113,6 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         summary = str(source.text) if source is not None else None
         message = budget_exhausted_message(self.guard.exhausted, summary or None, source=source)
         return ModelResponse(result=[message])
-
-    def _end_if_exhausted(self) -> dict[str, Any] | None:
-        if not self.guard.plan_call().exhausted:
-            return None
-        error = self.guard.exhausted
-        if self.exit_behavior == "error" and error is not None:
-            raise error
-        return {"messages": [budget_exhausted_message(error)], "jump_to": "end"}
 
     def _refused(self, error: BudgetExceeded | None) -> AIMessage:
         if self.exit_behavior == "error" and error is not None:
