@@ -137,7 +137,7 @@ def _text_tokens(text: str) -> int:
 
 def _message_tokens(message: BaseMessage) -> int:
     text = str(message.text)
-    calls = getattr(message, "tool_calls", None)
+    calls = message.tool_calls if isinstance(message, AIMessage) else None
     if calls:
         # Tool-call arguments are prompt tokens on the next request too.
         text += json.dumps([{"name": c["name"], "args": c["args"]} for c in calls], default=str)
@@ -178,9 +178,10 @@ class _PromptCache:
                 total += _message_tokens(message)
                 continue
             # A message replaced under the same id (LangChain's reducer allows it) has, almost
-            # always, another length: re-read it then.
-            calls = getattr(message, "tool_calls", None) or ()
-            key = (message.id, message.type, len(message.content), len(calls))
+            # always, another length: re-read it then. (Only AI messages have tool calls; asking
+            # another message for them is a slow pydantic attribute miss.)
+            calls = len(message.tool_calls) if isinstance(message, AIMessage) else 0
+            key = (message.id, message.type, len(message.content), calls)
             tokens = cache.get(key)
             if tokens is None:
                 tokens = cache[key] = _message_tokens(message)
