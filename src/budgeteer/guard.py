@@ -61,6 +61,12 @@ TOKENS_PER_MESSAGE = 4
 """Prompt estimate: per-message framing tokens (role markers and separators)."""
 
 
+# What each tool call, iteration and hop admits (a Usage is immutable: built once, not per call).
+_ONE_TOOL_CALL = Usage(tool_calls=1, cost_usd=Decimal(0))
+_ONE_ITERATION = Usage(iterations=1, cost_usd=Decimal(0))
+_ONE_HOP = Usage(agent_hops=1, cost_usd=Decimal(0))
+
+
 def estimate_prompt_tokens(prompt: str | Sequence[object] | None) -> int:
     """An offline, pessimistic token count for a prompt: a string or a list of chat messages.
 
@@ -921,17 +927,17 @@ class RunGuard(_GuardBase):
         """Admit one tool call (``tool_calls`` += 1), as a context manager or a plain call."""
         del name
         self._policy_check("tool_calls", "stop_tools")
-        self._admit(Usage(tool_calls=1, cost_usd=Decimal(0)))
+        self._admit(_ONE_TOOL_CALL)
         return _NULL_CONTEXT
 
     def iteration(self) -> None:
         """Count one loop iteration (raises ``BudgetExceeded`` at the cap)."""
-        self._admit(Usage(iterations=1, cost_usd=Decimal(0)))
+        self._admit(_ONE_ITERATION)
 
     def hop(self) -> None:
         """Count one agent hop (hand-off or sub-agent)."""
         self._policy_check("agent_hops", "stop_subagents")
-        self._admit(Usage(agent_hops=1, cost_usd=Decimal(0)))
+        self._admit(_ONE_HOP)
 
     @contextmanager
     def step(self, name: str, timeout_s: float) -> Iterator[None]:
@@ -1213,16 +1219,16 @@ class AsyncRunGuard(_GuardBase):
         """See ``RunGuard.tool_call``."""
         del name
         self._policy_check("tool_calls", "stop_tools")
-        await self._admit(Usage(tool_calls=1, cost_usd=Decimal(0)))
+        await self._admit(_ONE_TOOL_CALL)
 
     async def iteration(self) -> None:
         """See ``RunGuard.iteration``."""
-        await self._admit(Usage(iterations=1, cost_usd=Decimal(0)))
+        await self._admit(_ONE_ITERATION)
 
     async def hop(self) -> None:
         """See ``RunGuard.hop``."""
         self._policy_check("agent_hops", "stop_subagents")
-        await self._admit(Usage(agent_hops=1, cost_usd=Decimal(0)))
+        await self._admit(_ONE_HOP)
 
     @asynccontextmanager
     async def step(self, name: str, timeout_s: float) -> AsyncIterator[None]:

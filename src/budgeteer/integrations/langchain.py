@@ -223,8 +223,9 @@ def _ls_params(chat_model: BaseChatModel, settings: Mapping[str, Any]) -> Mappin
         return {}
 
 
-def _chat_model_name(chat_model: BaseChatModel, settings: Mapping[str, Any]) -> str | None:
-    name = _ls_params(chat_model, settings).get("ls_model_name")
+def _chat_model_name(chat_model: BaseChatModel, params: Mapping[str, Any]) -> str | None:
+    """The model's name: ``ls_model_name`` from ``_ls_params``, else a name attribute."""
+    name = params.get("ls_model_name")
     if isinstance(name, str) and name:
         return name
     for attribute in ("model_name", "model", "model_id"):
@@ -1065,7 +1066,7 @@ class BudgetMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     def _spec(self, request: ModelRequest[Any]) -> _CallSpec:
         settings = request.model_settings
         params = _ls_params(request.model, settings)
-        model = self._model or _chat_model_name(request.model, settings)
+        model = self._model or _chat_model_name(request.model, params)
         max_tokens = _int_setting(settings, (self._max_tokens_setting, *_MAX_TOKENS_KEYS))
         if max_tokens is None:
             max_tokens = _int_setting(params, ("ls_max_tokens",))
