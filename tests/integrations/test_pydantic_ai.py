@@ -8,6 +8,7 @@ with the ``genai_prices`` package.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -47,6 +48,7 @@ from budgeteer import (
     Pricing,
     Usage,
 )
+from budgeteer.guard import estimate_prompt_tokens
 from budgeteer.integrations.pydantic_ai import (
     WRAP_UP_INSTRUCTION,
     BudgetCapability,
@@ -317,6 +319,65 @@ async def test_cost_charged_is_the_genai_prices_price_of_the_reported_usage(
     assert report.usage.output_tokens == sum(r.output_tokens for r in reports)
     assert report.usage.reasoning_tokens == sum(r.output_reasoning_tokens for r in reports)
     assert report.models == {model: 2}
+
+
+def _sent_texts(messages: list[ModelMessage], info: AgentInfo) -> list[str]:
+    """What a request sends, one text per chat message: tool definitions, instructions, then
+    each message's parts (tool calls and returns as the provider sees them)."""
+    parameters = info.model_request_parameters
+    texts = [
+        f"{tool.name} {tool.description or ''} {json.dumps(tool.parameters_json_schema)}"
+        for tool in (*parameters.function_tools, *parameters.output_tools)
+    ]
+    texts += [part.content for part in parameters.instruction_parts or ()]
+    for message in messages:
+        parts: list[str] = []
+        for part in message.parts:
+            if isinstance(part, ToolCallPart):
+                parts.append(f"{part.tool_name} {part.args_as_json_str()}")
+            elif isinstance(part, ToolReturnPart):
+                parts.append(part.model_response_str())
+            else:
+                assert isinstance(part, UserPromptPart | TextPart)
+                assert isinstance(part.content, str)
+                parts.append(part.content)
+        text = " ".join(parts)
+        if isinstance(message, ModelRequest) and message.instructions:
+            text = f"{message.instructions} {text}"
+        texts.append(text)
+    return texts
+
+
+async def test_each_request_holds_the_guards_estimate_of_the_whole_conversation(
+    ledger: AsyncLedger,
+) -> None:
+    # The capability measures each message once per run and gives the guard the sum: at every
+    # request it must be what the guard counts from everything the request sends.
+    checks: list[tuple[int, int]] = []
+
+    async def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        held = (await ledger.usage(ORG)).held.input_tokens
+        checks.append((held, estimate_prompt_tokens(_sent_texts(messages, info))))
+        part = TextPart("done") if len(checks) == 4 else ToolCallPart("search", {"query": "x" * 90})
+        return ModelResponse(parts=[part], usage=usage())
+
+    budget = BudgetCapability(ledger=ledger, path=RUN, pricing=Pricing())
+    agent = Agent(
+        FunctionModel(respond, model_name="gpt-4o"),
+        capabilities=[budget],
+        instructions="Be brief.",
+    )
+
+    @agent.tool_plain
+    async def search(query: str) -> str:
+        """Search the web."""
+        return query * 3
+
+    del search
+    await agent.run("find it " * 40)
+    assert len(checks) == 4
+    for held, expected in checks:
+        assert held == expected
 
 
 async def test_a_response_without_usage_is_charged_its_estimate_not_zero(

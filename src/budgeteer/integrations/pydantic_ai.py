@@ -85,10 +85,12 @@ from budgeteer.errors import BudgetExceeded, InvalidInput
 from budgeteer.guard import (
     BYTES_PER_TOKEN,
     DEFAULT_MAX_TOKENS,
+    TOKENS_PER_MESSAGE,
     AsyncModelCall,
     AsyncRunGuard,
     BudgetWarning,
     RunReport,
+    estimate_prompt_tokens,
 )
 from budgeteer.integrations._usage import usage_from_pydantic_ai
 from budgeteer.ledger import AsyncLedger
@@ -200,7 +202,7 @@ class BudgetCapability(AbstractCapability[Any]):
         self.reports: list[RunReport] = []
         self._run_guard: AsyncRunGuard | None = guard
         self._refusal: BudgetExceeded | None = None
-        self._texts = _Texts()
+        self._prompt = _PromptMeter()
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -222,7 +224,7 @@ class BudgetCapability(AbstractCapability[Any]):
         run = copy.copy(self)  # shares ``reports``, the config and the given guard
         run._run_guard = self._given
         run._refusal = None
-        run._texts = _Texts()
+        run._prompt = _PromptMeter()
         return run
 
     async def wrap_run(
@@ -282,8 +284,8 @@ class BudgetCapability(AbstractCapability[Any]):
         model = request_context.model
         plan = self.guard.plan_call(
             _priced_name(model),
-            prompt=prompt_messages(
-                request_context.messages, request_context.model_request_parameters, self._texts
+            prompt_tokens=self._prompt.tokens(
+                request_context.messages, request_context.model_request_parameters
             ),
             max_tokens=_max_tokens(request_context.model_settings, model),
             provider=self.provider,
@@ -421,7 +423,7 @@ class _BudgetedModel(WrapperModel):
     ) -> Any:
         return self._budget.guard.model_call(
             _priced_name(self.wrapped),
-            prompt=prompt_messages(messages, parameters, self._budget._texts),
+            prompt_tokens=self._budget._prompt.tokens(messages, parameters),
             max_tokens=_max_tokens(model_settings, self.wrapped),
             provider=self._budget.provider,
         )
@@ -544,48 +546,61 @@ def _tool_text(tool: ToolDefinition) -> str:
     return f"{tool.name} {tool.description or ''} {json.dumps(tool.parameters_json_schema)}"
 
 
-class _Texts:
-    """The text of each message part and tool definition, extracted once per run.
+def _text_tokens(text: str) -> int:
+    """One chat message of ``text`` in the guard's prompt estimate (``estimate_prompt_tokens``)."""
+    return TOKENS_PER_MESSAGE + estimate_prompt_tokens(text)
+
+
+def _message_text(message: ModelMessage, parts: Sequence[object]) -> str:
+    text = " ".join(_part_text(part) for part in parts)
+    if isinstance(message, ModelRequest) and isinstance(message.instructions, str):
+        text = f"{message.instructions} {text}"
+    return text
+
+
+class _PromptMeter:
+    """The prompt estimate of a request, each message and tool definition measured once per run.
 
     Every step re-sends the whole history, and rendering tool returns and call arguments as
-    JSON is the costly part of an estimate, so each object's text is kept (with the object, so
-    its ``id`` cannot be reused while the entry lives).
+    JSON is the costly part of an estimate, so each message's share (its text as one chat
+    message) is kept, keyed by the message and the identity of its parts; each entry holds the
+    objects, so an ``id`` cannot be reused while it lives. Tool definitions and instructions
+    count too: providers bill them as input. The guard gets the sum (``prompt_tokens``), the
+    number ``estimate_prompt_tokens`` counts from the same texts.
     """
 
     def __init__(self) -> None:
-        self._seen: dict[int, tuple[object, str]] = {}
+        self._tools: dict[int, tuple[ToolDefinition, int]] = {}
+        self._messages: dict[int, tuple[ModelMessage, tuple[object, ...], object, int]] = {}
 
-    def of(self, item: Any, extract: Callable[[Any], str]) -> str:
-        hit = self._seen.get(id(item))
-        if hit is not None and hit[0] is item:
-            return hit[1]
-        text = extract(item)
-        self._seen[id(item)] = (item, text)
-        return text
-
-
-def prompt_messages(
-    messages: Sequence[ModelMessage],
-    parameters: ModelRequestParameters,
-    texts: _Texts | None = None,
-) -> list[dict[str, str]]:
-    """What a request sends, as chat messages for ``estimate_prompt_tokens``.
-
-    Tool definitions and instructions are counted too: providers bill them as input.
-    """
-    seen = texts or _Texts()
-    sent: list[dict[str, str]] = [
-        {"content": seen.of(tool, _tool_text)}
-        for tool in (*parameters.function_tools, *parameters.output_tools)
-    ]
-    sent.extend({"content": part.content} for part in parameters.instruction_parts or ())
-    for message in messages:
-        text = " ".join(seen.of(part, _part_text) for part in message.parts)
-        instructions = getattr(message, "instructions", None)
-        if isinstance(instructions, str):
-            text = f"{instructions} {text}"
-        sent.append({"content": text})
-    return sent
+    def tokens(self, messages: Sequence[ModelMessage], parameters: ModelRequestParameters) -> int:
+        total = 0
+        tools = self._tools
+        for tool in (*parameters.function_tools, *parameters.output_tools):
+            known = tools.get(id(tool))
+            if known is None or known[0] is not tool:
+                known = tools[id(tool)] = (tool, _text_tokens(_tool_text(tool)))
+            total += known[1]
+        for instruction in parameters.instruction_parts or ():
+            total += _text_tokens(instruction.content)
+        seen = self._messages
+        for message in messages:
+            parts = tuple(message.parts)
+            instructions = message.instructions if isinstance(message, ModelRequest) else None
+            hit = seen.get(id(message))
+            if (
+                hit is not None
+                and hit[0] is message
+                and hit[2] == instructions
+                and len(hit[1]) == len(parts)
+                and all(a is b for a, b in zip(hit[1], parts, strict=True))
+            ):
+                total += hit[3]
+                continue
+            tokens = _text_tokens(_message_text(message, parts))
+            seen[id(message)] = (message, parts, instructions, tokens)
+            total += tokens
+        return total
 
 
 def _wrap_up(
