@@ -303,20 +303,21 @@ class BudgetCapability(AbstractCapability[Any]):
                 raise SkipModelRequest(
                     self._refused(error, request_context.model_request_parameters, model.model_name)
                 )
-        changed = replace(request_context)
+        changes: dict[str, Any] = {}
         if plan.model is not None and plan.model != _priced_name(model):
-            changed.model = self._model_named(plan.model, model)
+            changes["model"] = self._model_named(plan.model, model)
             logger.info("budget: request moved from %s to %s", model.model_name, plan.model)
         wanted = _max_tokens(request_context.model_settings, model)
         if plan.max_tokens is not None and plan.max_tokens != wanted:
-            changed.model_settings = _with_max_tokens(
+            changes["model_settings"] = _with_max_tokens(
                 request_context.model_settings, plan.max_tokens
             )
         if not plan.tools_allowed or plan.final:
-            changed.model_request_parameters = replace(
+            changes["model_request_parameters"] = replace(
                 request_context.model_request_parameters, function_tools=[]
             )
-        return changed
+        # Most steps change nothing: the request goes on as it is, without a copy.
+        return replace(request_context, **changes) if changes else request_context
 
     def _model_named(self, name: str, current: Model) -> Model:
         found = self._models.get(name)
@@ -588,13 +589,8 @@ class _PromptMeter:
             parts = tuple(message.parts)
             instructions = message.instructions if isinstance(message, ModelRequest) else None
             hit = seen.get(id(message))
-            if (
-                hit is not None
-                and hit[0] is message
-                and hit[2] == instructions
-                and len(hit[1]) == len(parts)
-                and all(a is b for a, b in zip(hit[1], parts, strict=True))
-            ):
+            # Tuple equality checks identity first: the same parts (or equal ones) as last time.
+            if hit is not None and hit[0] is message and hit[1] == parts and hit[2] == instructions:
                 total += hit[3]
                 continue
             tokens = _text_tokens(_message_text(message, parts))
