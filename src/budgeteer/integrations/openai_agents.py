@@ -449,9 +449,8 @@ class BudgetGuard(RunHooks[Any]):
         policy = self._policy
         plan = run.plan_call(
             requested,
-            # The plan reads the prompt only to clamp max_tokens; a stand-in of the measured
-            # size spares walking the history twice.
-            prompt=" " * (prompt_tokens * BYTES_PER_TOKEN)
+            # The plan reads the prompt only to clamp max_tokens, which needs the provider.
+            prompt_tokens=prompt_tokens
             if route is not None and policy is not None and policy.clamp_max_tokens
             else None,
             max_tokens=settings.max_tokens,
