@@ -8,8 +8,9 @@ cost of the hooks), and ``BudgetMiddleware`` / ``BudgetCallbackHandler`` on a me
 on a SQLite file (each model call: one reserve and one commit; each tool call: one admission).
 Building the agent and entering the guard are outside the timed part.
 
-Usage: python benchmarks/bench_langchain.py [--steps 20] [--runs 15]
-Prints its figures; it does not write docs/benchmarks.md.
+Usage: python benchmarks/bench_langchain.py [--steps 20] [--runs 15] [--cpu]
+``--cpu`` times the process's CPU (all threads) rather than the wall clock: steadier when other
+programs share the machine. Prints its figures; it does not write docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -96,7 +97,13 @@ class CallbacksOnly(BaseCallbackHandler):
         return None
 
 
-def one_run(steps: int, case: str, ledgers: dict[str, Ledger], round_no: int) -> float:
+def one_run(
+    steps: int,
+    case: str,
+    ledgers: dict[str, Ledger],
+    round_no: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     kind, _, store = case.partition(" ")
     ledger = ledgers.get(store)
     guard: AbstractContextManager[Any] = nullcontext()
@@ -117,16 +124,22 @@ def one_run(steps: int, case: str, ledgers: dict[str, Ledger], round_no: int) ->
             callbacks = [BudgetCallbackHandler(run)]
         agent = create_agent(BenchModel(messages=script(steps)), [search], middleware=middleware)
         config: Any = {"callbacks": callbacks, "recursion_limit": 10 * steps}
-        started = time.perf_counter()
+        started = clock()
         agent.invoke({"messages": [HumanMessage("go")]}, config=config)
-        return time.perf_counter() - started
+        return clock() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="time process CPU (all threads) instead of wall time: steadier on a shared machine",
+    )
     args = parser.parse_args()
+    clock = time.process_time if args.cpu else time.perf_counter
     cases = [
         "bare",
         "hooks",
@@ -142,14 +155,17 @@ def main() -> None:
             "sqlite": Ledger(f"sqlite:///{Path(tmp) / 'bench.db'}"),
         }
         for case in cases:
-            one_run(args.steps, case, ledgers, -1)  # warm-up (imports, price table)
+            one_run(args.steps, case, ledgers, -1, clock)  # warm-up (imports, price table)
         # Interleaved rounds, so load from other processes hits every case alike.
         times: dict[str, list[float]] = {case: [] for case in cases}
         for round_no in range(args.runs):
             for case in cases:
-                times[case].append(one_run(args.steps, case, ledgers, round_no))
+                times[case].append(one_run(args.steps, case, ledgers, round_no, clock))
         bare = statistics.median(times["bare"])
-        print(f"python {platform.python_version()}, {args.steps} model calls per run")
+        print(
+            f"python {platform.python_version()}, {args.steps} model calls per run, "
+            f"{'CPU' if args.cpu else 'wall'} time"
+        )
         print(f"bare loop: {bare / args.steps * 1e3:.3f} ms per model call")
         for case in cases[1:]:
             added = [

@@ -7,9 +7,10 @@ over ``--runs`` interleaved rounds, for a ``RunGuard`` on a memory ledger and on
 with and without a ``Policy`` (downgrade rung and max_tokens clamp), and for a stream read to its
 end. Runs in the LiteLLM environment:
 
-    .venv-litellm/bin/python benchmarks/bench_litellm.py [--calls 50] [--runs 15]
+    .venv-litellm/bin/python benchmarks/bench_litellm.py [--calls 50] [--runs 15] [--cpu]
 
-Prints its figures; it does not write docs/benchmarks.md.
+``--cpu`` times the process's CPU (all threads) rather than the wall clock: steadier when other
+programs share the machine. Prints its figures; it does not write docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ ANSWER = ModelResponse(
 TEXT = "A streamed answer of a few dozen characters."
 
 
-def bare(calls: int, stream: bool) -> float:
-    started = time.perf_counter()
+def bare(calls: int, stream: bool, clock: Callable[[], float] = time.perf_counter) -> float:
+    started = clock()
     for _ in range(calls):
         if stream:
             for _chunk in litellm.completion(
@@ -57,12 +58,18 @@ def bare(calls: int, stream: bool) -> float:
             litellm.completion(
                 model="gpt-4o", messages=MESSAGES, max_tokens=256, mock_response=ANSWER
             )
-    return time.perf_counter() - started
+    return clock() - started
 
 
-def guarded(ledger: Ledger, policy: Policy | None, calls: int, stream: bool) -> float:
+def guarded(
+    ledger: Ledger,
+    policy: Policy | None,
+    calls: int,
+    stream: bool,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     limits = [Limit("cost_usd", "1000000")]
-    started = time.perf_counter()
+    started = clock()
     with RunGuard(
         ledger, "org:bench/run:1", limits=limits, pricing=LiteLLMPricing(), policy=policy
     ) as run:
@@ -78,25 +85,33 @@ def guarded(ledger: Ledger, policy: Policy | None, calls: int, stream: bool) -> 
                 llm.completion(
                     model="gpt-4o", messages=MESSAGES, max_tokens=256, mock_response=ANSWER
                 )
-    return time.perf_counter() - started
+    return clock() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="time process CPU (all threads) instead of wall time: steadier on a shared machine",
+    )
     args = parser.parse_args()
+    clock = time.process_time if args.cpu else time.perf_counter
     policy = Policy(ladder=[Degrade.downgrade(to="gpt-4o-mini", at=0.8)])
     with tempfile.TemporaryDirectory() as tmp:
         memory = Ledger("memory://")
         sqlite = Ledger(f"sqlite:///{Path(tmp) / 'bench.db'}")
         cases: dict[str, Callable[[], float]] = {
-            "bare": lambda: bare(args.calls, stream=False),
-            "memory": lambda: guarded(memory, None, args.calls, stream=False),
-            "sqlite": lambda: guarded(sqlite, None, args.calls, stream=False),
-            "sqlite + policy": lambda: guarded(sqlite, policy, args.calls, stream=False),
-            "bare stream": lambda: bare(args.calls, stream=True),
-            "sqlite stream": lambda: guarded(sqlite, None, args.calls, stream=True),
+            "bare": lambda: bare(args.calls, stream=False, clock=clock),
+            "memory": lambda: guarded(memory, None, args.calls, stream=False, clock=clock),
+            "sqlite": lambda: guarded(sqlite, None, args.calls, stream=False, clock=clock),
+            "sqlite + policy": lambda: guarded(
+                sqlite, policy, args.calls, stream=False, clock=clock
+            ),
+            "bare stream": lambda: bare(args.calls, stream=True, clock=clock),
+            "sqlite stream": lambda: guarded(sqlite, None, args.calls, stream=True, clock=clock),
         }
         for case in cases.values():
             case()  # warm-up (imports, caches, the SQLite file)
@@ -107,7 +122,7 @@ def main() -> None:
                 times[name].append(case())
         print(
             f"python {platform.python_version()}, litellm {version('litellm')}, "
-            f"{args.calls} calls per round"
+            f"{args.calls} calls per round, {'CPU' if args.cpu else 'wall'} time"
         )
         for base, names in (
             ("bare", ("memory", "sqlite", "sqlite + policy")),

@@ -8,8 +8,9 @@ capability with the same hooks doing nothing (the framework's own cost of the ho
 one commit; each tool call:
 one reserve and one commit).
 
-Usage: python benchmarks/bench_pydantic_ai.py [--steps 20] [--runs 15]
-Prints its figures; it does not write docs/benchmarks.md.
+Usage: python benchmarks/bench_pydantic_ai.py [--steps 20] [--runs 15] [--cpu]
+``--cpu`` times the process's CPU (all threads) rather than the wall clock: steadier when other
+programs share the machine. Prints its figures; it does not write docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,17 +81,23 @@ def make_agent(steps: int, budget: AbstractCapability[Any] | None) -> Agent[None
     return agent
 
 
-async def one_run(agent: Agent[None, str]) -> float:
-    started = time.perf_counter()
+async def one_run(agent: Agent[None, str], clock: Callable[[], float] = time.perf_counter) -> float:
+    started = clock()
     await agent.run("go", usage_limits=UsageLimits(request_limit=None))
-    return time.perf_counter() - started
+    return clock() - started
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="time process CPU (all threads) instead of wall time: steadier on a shared machine",
+    )
     args = parser.parse_args()
+    clock = time.process_time if args.cpu else time.perf_counter
     limits = [Limit("cost_usd", "1000"), Limit("tool_calls", 1_000_000)]
     with tempfile.TemporaryDirectory() as tmp:
         ledgers = {
@@ -106,14 +114,17 @@ async def main() -> None:
             )
             agents[name] = make_agent(args.steps, budget)
         for agent in agents.values():
-            await one_run(agent)  # warm-up
+            await one_run(agent, clock)  # warm-up
         # Interleaved rounds, so load from other processes hits every case alike.
         times: dict[str, list[float]] = {name: [] for name in agents}
         for _ in range(args.runs):
             for name, agent in agents.items():
-                times[name].append(await one_run(agent))
+                times[name].append(await one_run(agent, clock))
         bare = statistics.median(times["bare"])
-        print(f"python {platform.python_version()}, {args.steps} model calls per run")
+        print(
+            f"python {platform.python_version()}, {args.steps} model calls per run, "
+            f"{'CPU' if args.cpu else 'wall'} time"
+        )
         print(f"bare loop: {bare / args.steps * 1e3:.3f} ms per model call")
         for name in ("hooks only", *ledgers):
             added = [
