@@ -224,11 +224,23 @@ class _Row:
         )
 
 
-class _ThreadConnection:
-    """A thread's connection and lock-file descriptor, closed when the holder is collected."""
+class _PooledConnection:
+    """A connection and its lock-file descriptor, closed when the holder is collected.
 
-    def __init__(self, path: Path, lock_path: str, busy_timeout_ms: int, synchronous: str) -> None:
+    ``with holder as conn:`` runs one write transaction; leaving it (or failing to enter it)
+    hands the connection back to its backend's pool of idle ones.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        lock_path: str,
+        busy_timeout_ms: int,
+        synchronous: str,
+        idle: list[_PooledConnection],
+    ) -> None:
         self.pid = os.getpid()
+        self._idle = idle
         self.lock_fd = -1
         self.lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -244,23 +256,34 @@ class _ThreadConnection:
             raise
 
         self.nonblocking = False
-        """Set by ``call_without_waiting``: take the write lock only if it is free."""
+        """Set for ``call_without_waiting``: take the write lock only if it is free."""
+
+    def release(self) -> None:
+        """Back to the pool, unless closed or left inside a transaction (a failed ROLLBACK)."""
+        if self.lock_fd >= 0 and not self.conn.in_transaction:
+            self._idle.append(self)
+        else:
+            self.close()
 
     # The transaction as a context manager of its own: a generator-based one costs about
     # two microseconds more per operation, a few percent of a whole cycle.
     def __enter__(self) -> sqlite3.Connection:
         """Queue on the lock file, then ``BEGIN IMMEDIATE``."""
-        if self.nonblocking:
-            try:
-                fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise WouldBlock from None
-        else:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            if self.nonblocking:
+                try:
+                    fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise WouldBlock from None
+            else:
+                fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+                raise
         except BaseException:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+            self.release()  # no __exit__ follows a failed __enter__
             raise
         return self.conn
 
@@ -270,6 +293,7 @@ class _ThreadConnection:
             self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
         finally:
             fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+            self.release()
 
     def close(self) -> None:
         if self.lock_fd >= 0:
@@ -307,9 +331,12 @@ class SQLiteBackend:
         )
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
+        # Connections no thread is using; the most recently used is last, and taken first.
+        self._idle: list[_PooledConnection] = []
         self._plans: dict[str, _Plan] = {}
         self._lock_path = str(self.path) + ".lock"
-        conn, lock_fd = self._connection()
+        holder = self._take()
+        conn, lock_fd = holder.conn, holder.lock_fd
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         try:
             conn.executescript(_SCHEMA)  # runs in a transaction of its own
@@ -334,6 +361,7 @@ class SQLiteBackend:
                 )
         finally:
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            holder.release()
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteBackend:
@@ -356,22 +384,23 @@ class SQLiteBackend:
 
     # -- connections --------------------------------------------------------------------------
 
-    def _holder(self) -> _ThreadConnection:
-        # One connection and lock-file descriptor per thread: sqlite3 connections must not be
-        # shared between threads without a lock, and per-thread ones let readers run in parallel.
-        # The holder lives in a threading.local, so both close when the thread ends.
-        holder: _ThreadConnection | None = getattr(self._local, "holder", None)
+    def _take(self) -> _PooledConnection:
+        # Connections are pooled rather than kept per thread: agent frameworks run each tool call
+        # on a fresh thread, which would open a connection per call (costlier than the call),
+        # and the one used last is taken first, so its page cache (which SQLite drops whenever
+        # another connection has written) stays warm. A connection serves one thread at a time.
+        try:
+            holder = self._idle.pop()
+        except IndexError:
+            holder = None
         if holder is None or holder.pid != os.getpid():
+            if holder is not None:
+                self._idle.clear()  # a forked child never touches its parent's connections
             synchronous = "FULL" if self.durability == "power-loss" else "NORMAL"
-            holder = _ThreadConnection(
-                self.path, self._lock_path, self._busy_timeout_ms, synchronous
+            holder = _PooledConnection(
+                self.path, self._lock_path, self._busy_timeout_ms, synchronous, self._idle
             )
-            self._local.holder = holder
         return holder
-
-    def _connection(self) -> tuple[sqlite3.Connection, int]:
-        holder = self._holder()
-        return holder.conn, holder.lock_fd
 
     def call_without_waiting(self, function: Callable[..., T], *args: object) -> T:
         """Run one operation here and now, or raise ``WouldBlock`` before doing anything if
@@ -383,23 +412,27 @@ class SQLiteBackend:
         """
         if self.durability != "process":
             raise WouldBlock
-        holder = self._holder()
-        holder.nonblocking = True
+        self._local.nonblocking = True
         try:
             return function(*args)
         finally:
-            holder.nonblocking = False
+            self._local.nonblocking = False
 
-    def _transaction(self) -> _ThreadConnection:
+    def _transaction(self) -> _PooledConnection:
         """``with self._transaction() as conn:`` runs one write transaction."""
-        return self._holder()
+        holder = self._take()
+        holder.nonblocking = getattr(self._local, "nonblocking", False)
+        return holder
 
     def close(self) -> None:
-        """Close this thread's connection (other threads' close when they exit)."""
-        holder: _ThreadConnection | None = getattr(self._local, "holder", None)
-        if holder is not None:
-            holder.close()
-            self._local.holder = None
+        """Close the idle connections (one in use by another thread closes when collected)."""
+        while self._idle:
+            try:
+                holder = self._idle.pop()
+            except IndexError:
+                break
+            if holder.pid == os.getpid():
+                holder.close()
 
     # -- limits -------------------------------------------------------------------------------
 
@@ -452,10 +485,13 @@ class SQLiteBackend:
         return bool(removed)
 
     def get_limits(self, scope: str) -> list[tuple[str, str, int]]:
-        conn, _ = self._connection()
-        rows = conn.execute(
-            "SELECT dimension, window, max_units FROM limits WHERE scope = ?", (scope,)
-        ).fetchall()
+        holder = self._take()
+        try:
+            rows = holder.conn.execute(
+                "SELECT dimension, window, max_units FROM limits WHERE scope = ?", (scope,)
+            ).fetchall()
+        finally:
+            holder.release()
         return [(d, w, m) for d, w, m in rows]
 
     # -- the cycle ----------------------------------------------------------------------------
