@@ -1,8 +1,10 @@
 """``redis://host:port/db`` (and ``rediss://``): one budget shared by every process on every host.
 
-Every operation is one run of one Lua script (``lua/ledger.lua``, shipped as package data) and
-one round trip: the whole reserve — every limit of every scope on the path — is checked and held
-atomically on the server. All keys of one hierarchy share a Cluster hash tag (the path's first
+Every operation is one run of one Lua script (shipped as package data) and one round trip: the
+whole reserve — every limit of every scope on the path — is checked and held atomically on the
+server. ``lua/ledger.lua`` implements every operation; the hot ones have lean scripts of their
+own with the same rules on the same keys (``lua/reserve.lua``, ``lua/commit.lua``, and
+``lua/admit.lua`` for the rate limiter), because Redis runs a script's whole chunk on every call. All keys of one hierarchy share a Cluster hash tag (the path's first
 segment), so the script stays atomic on Redis Cluster too.
 
 Time: by default the script reads the server's ``TIME``, so hosts with skewed clocks agree on
@@ -92,7 +94,9 @@ class _RedisCore:
                 else redis.Redis.from_url(client_url)
             )
         self._script = self._client.register_script(_script_text())
-        # The rate limiter's hot path: a lean script for admit (see lua/admit.lua).
+        # The hot paths' lean scripts (see the module docstring).
+        self._reserve_script = self._client.register_script(_script_text("reserve"))
+        self._commit_script = self._client.register_script(_script_text("commit"))
         self._admit_script = self._client.register_script(_script_text("admit"))
         # Calendar windows seen so far; their period bounds go with every call (see module doc).
         self._calendar: set[str] = set()
@@ -101,17 +105,44 @@ class _RedisCore:
     def _key(self, path: str) -> str:
         return f"{self._prefix}:{{{path.split('/', 1)[0]}}}"
 
-    def _call_args(
-        self, path: str, op: str, now: float, args: tuple[str | int | float, ...]
-    ) -> dict[str, list[Any]]:
+    def _stamp(self, now: float) -> tuple[str, str]:
+        """The leading script arguments: "now" ("" for the server's TIME) and calendar bounds."""
         stamp = "" if self._server_time else repr(now)
+        if not self._calendar:  # read without the lock: a key added meanwhile is asked for again
+            return stamp, ""
         with self._lock:
             keys = tuple(self._calendar)
         bounds = []
         for key in keys:
             start, end = window_of(key).period_bounds(now)
             bounds.append(f"{key}={start!r}:{end!r}")
-        return {"keys": [self._key(path)], "args": [op, stamp, ";".join(bounds), *args]}
+        return stamp, ";".join(bounds)
+
+    def _reserve_args(
+        self,
+        reservation_id: str,
+        path: str,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        ttl_s: float,
+    ) -> list[Any]:
+        """reserve.lua's arguments after the leading two (see its header)."""
+        args: list[Any] = [reservation_id, path, _encode(amounts), repr(ttl_s), len(amounts)]
+        for pair in amounts.items():
+            args += pair
+        args += scopes
+        return args
+
+    @staticmethod
+    def _commit_args(
+        reservation_id: str, actual: Mapping[str, int], metadata: Mapping[str, str]
+    ) -> list[Any]:
+        """commit.lua's arguments after the leading two (see its header)."""
+        meta = json.dumps(dict(metadata)) if metadata else "{}"
+        args: list[Any] = [reservation_id, _encode(actual), meta, len(actual)]
+        for pair in actual.items():
+            args += pair
+        return args
 
     def _admit_args(
         self,
@@ -153,6 +184,12 @@ class RedisBackend(_RedisCore):
         super().__init__(url, asynchronous=False)
         cluster = not hasattr(self._client, "connection_pool")
         self._direct = None if cluster else _DirectScript(self._client, _script_text())
+        self._direct_reserve = (
+            self._reserve_script if cluster else _DirectScript(self._client, _script_text("reserve"))
+        )
+        self._direct_commit = (
+            self._commit_script if cluster else _DirectScript(self._client, _script_text("commit"))
+        )
         # A retried admit after a broken connection may count once more than it admitted: an
         # over-count, which only makes the limiter stricter, never lets more through.
         self._direct_admit = None if cluster else _DirectScript(self._client, _script_text("admit"))
@@ -163,16 +200,22 @@ class RedisBackend(_RedisCore):
         return cls(url)
 
     def _run(self, path: str, op: str, now: float, *args: str | int | float) -> Any:
-        """Run ``op``; retry with the bounds the server asked for (see module doc)."""
-        when = now
+        """Run ``op`` in ledger.lua; see ``_eval``."""
         call = self._script if self._direct is None else self._direct
+        return self._eval(call, path, (op,), now, args)
+
+    def _eval(self, call: Any, path: str, head: tuple[str, ...], now: float, args: Any) -> Any:
+        """Run a script on ``path``'s hierarchy with ARGV ``head``, "now", bounds, ``args``;
+        retry with the bounds the server asked for (see module doc)."""
+        keys = [self._key(path)]
+        when = now
         for _ in range(3):
-            reply = call(**self._call_args(path, op, when, args))
+            reply = call(keys, [*head, *self._stamp(when), *args])
             next_when = self._needs_bounds(reply, now)
             if next_when is None:
                 return reply
             when = next_when
-        raise RuntimeError(f"calendar bounds not accepted for {op} on {path!r}")
+        raise RuntimeError(f"calendar bounds not accepted on {path!r}")
 
     def set_limit(self, scope: str, dimension: str, window_key: str, max_units: int) -> None:
         self._run(scope, "set_limit", 0.0, scope, dimension, window_key, max_units)
@@ -192,11 +235,8 @@ class RedisBackend(_RedisCore):
         now: float,
         expires_at: float,
     ) -> tuple[LimitState, ...] | Denial:
-        del scopes  # the script derives them from the path
-        ttl = repr(expires_at - now)
-        return _reserve_result(
-            self._run(path, "reserve", now, reservation_id, path, _encode(amounts), ttl)
-        )
+        args = self._reserve_args(reservation_id, path, scopes, amounts, expires_at - now)
+        return _reserve_result(self._eval(self._direct_reserve, path, (), now, args))
 
     def admit(
         self,
@@ -222,11 +262,9 @@ class RedisBackend(_RedisCore):
         now: float,
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
-        meta = json.dumps(dict(metadata))
-        reply = self._run(
-            _root_of(reservation_id), "commit", now, reservation_id, _encode(actual), meta
-        )
-        return _commit_result(reply, reservation_id)
+        args = self._commit_args(reservation_id, actual, metadata)
+        reply = self._eval(self._direct_commit, _root_of(reservation_id), (), now, args)
+        return _commit_result(reply, reservation_id, actual, metadata)
 
     def charge(
         self,
@@ -254,8 +292,8 @@ class RedisBackend(_RedisCore):
 
     def close(self) -> None:
         """Close the connection pool (and the connections the script calls keep)."""
-        for direct in (self._direct, self._direct_admit):
-            if direct is not None:
+        for direct in (self._direct, self._direct_admit, self._direct_reserve, self._direct_commit):
+            if isinstance(direct, _DirectScript):
                 direct.close()
         self._client.close()
 
@@ -334,14 +372,21 @@ class AsyncRedisBackend(_RedisCore):
 
     async def _run(self, path: str, op: str, now: float, *args: str | int | float) -> Any:
         """See ``RedisBackend._run``."""
+        return await self._eval(self._script, path, (op,), now, args)
+
+    async def _eval(
+        self, call: Any, path: str, head: tuple[str, ...], now: float, args: Any
+    ) -> Any:
+        """See ``RedisBackend._eval``."""
+        keys = [self._key(path)]
         when = now
         for _ in range(3):
-            reply = await self._script(**self._call_args(path, op, when, args))
+            reply = await call(keys, [*head, *self._stamp(when), *args])
             next_when = self._needs_bounds(reply, now)
             if next_when is None:
                 return reply
             when = next_when
-        raise RuntimeError(f"calendar bounds not accepted for {op} on {path!r}")
+        raise RuntimeError(f"calendar bounds not accepted on {path!r}")
 
     async def set_limit(self, scope: str, dimension: str, window_key: str, max_units: int) -> None:
         await self._run(scope, "set_limit", 0.0, scope, dimension, window_key, max_units)
@@ -362,11 +407,8 @@ class AsyncRedisBackend(_RedisCore):
         now: float,
         expires_at: float,
     ) -> tuple[LimitState, ...] | Denial:
-        del scopes
-        ttl = repr(expires_at - now)
-        return _reserve_result(
-            await self._run(path, "reserve", now, reservation_id, path, _encode(amounts), ttl)
-        )
+        args = self._reserve_args(reservation_id, path, scopes, amounts, expires_at - now)
+        return _reserve_result(await self._eval(self._reserve_script, path, (), now, args))
 
     async def admit(
         self,
@@ -391,14 +433,13 @@ class AsyncRedisBackend(_RedisCore):
         now: float,
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
-        meta = json.dumps(dict(metadata))
+        args = self._commit_args(reservation_id, actual, metadata)
+        root = _root_of(reservation_id)
         # Idempotent by id, so retrying a commit whose reply was lost never counts twice.
         async for attempt in AsyncRetrying(**_COMMIT_RETRY):
             with attempt:
-                reply = await self._run(
-                    _root_of(reservation_id), "commit", now, reservation_id, _encode(actual), meta
-                )
-        return _commit_result(reply, reservation_id)
+                reply = await self._eval(self._commit_script, root, (), now, args)
+        return _commit_result(reply, reservation_id, actual, metadata)
 
     async def charge(
         self,
@@ -444,22 +485,31 @@ def _reserve_result(reply: Any) -> tuple[LimitState, ...] | Denial:
         wait = reply[8].decode()
         state = LimitState(scope, dimension, window_key, max_units, used, held)
         return Denial(state, requested, float(wait) if wait else None)
-    return _states(reply[3:])
+    return _states(reply, 1)
 
 
 def _admit_result(reply: Any) -> tuple[LimitState, ...] | Denial | None:
     if reply[0] == b"stale":
         return None
-    return _reserve_result(reply)
+    if reply[0] == b"deny":
+        return _reserve_result(reply)
+    return _states(reply, 3)
 
 
-def _commit_result(reply: Any, reservation_id: str) -> CommitOutcome:
+def _commit_result(
+    reply: Any, reservation_id: str, actual: Mapping[str, int], metadata: Mapping[str, str]
+) -> CommitOutcome:
     status = reply[0]
+    if status == b"committed":  # the client has the usage and metadata it sent
+        _, path, at, late, over = reply
+        return CommitOutcome(
+            "committed", path.decode(), actual, float(at), _overruns(over), metadata, late == b"1"
+        )
     if status == b"unknown":
         raise UnknownReservation(reservation_id)
     if status == b"released":
         raise ReservationSettled(reservation_id, "released", "commit")
-    return _outcome(reply, replayed=status == b"replayed")
+    return _outcome(reply, replayed=True)
 
 
 def _release_result(reply: Any, reservation_id: str) -> None:
@@ -505,7 +555,9 @@ def _decode(text: bytes) -> dict[str, int]:
     }
 
 
-def _states(flat: Sequence[Any]) -> tuple[LimitState, ...]:
+def _states(flat: Sequence[Any], start: int = 0) -> tuple[LimitState, ...]:
+    """Rows of scope, dimension, window, max, used, held from ``flat[start:]``; the scripts send
+    the numbers as integer replies."""
     return tuple(
         LimitState(
             flat[i].decode(),
@@ -515,23 +567,28 @@ def _states(flat: Sequence[Any]) -> tuple[LimitState, ...]:
             int(flat[i + 4]),
             int(flat[i + 5]),
         )
-        for i in range(0, len(flat), 6)
+        for i in range(start, len(flat), 6)
+    )
+
+
+def _overruns(over: bytes) -> tuple[LimitState, ...]:
+    if not over:
+        return ()
+    lines = over.decode().split("\n")
+    return tuple(
+        LimitState(lines[i], lines[i + 1], lines[i + 2], *(int(x) for x in lines[i + 3 : i + 6]))
+        for i in range(0, len(lines), 6)
     )
 
 
 def _outcome(reply: Sequence[Any], *, replayed: bool) -> CommitOutcome:
     _, path, actual, at, late, over, metadata = reply
-    lines = over.decode().split("\n") if over else []
-    overruns = tuple(
-        LimitState(lines[i], lines[i + 1], lines[i + 2], *(int(x) for x in lines[i + 3 : i + 6]))
-        for i in range(0, len(lines), 6)
-    )
     return CommitOutcome(
         "replayed" if replayed else "committed",
         path.decode(),
         _decode(actual),
         float(at),
-        overruns,
+        _overruns(over),
         json.loads(metadata) if metadata else {},
         late == b"1",
     )
