@@ -2,10 +2,17 @@
 
 Every operation is one run of one Lua script (shipped as package data) and one round trip: the
 whole reserve — every limit of every scope on the path — is checked and held atomically on the
-server. ``lua/ledger.lua`` implements every operation; the hot ones have lean scripts of their
-own with the same rules on the same keys (``lua/reserve.lua``, ``lua/commit.lua``, and
-``lua/admit.lua`` for the rate limiter), because Redis runs a script's whole chunk on every call. All keys of one hierarchy share a Cluster hash tag (the path's first
-segment), so the script stays atomic on Redis Cluster too.
+server. The hot operations have lean scripts of their own (``lua/reserve.lua``,
+``lua/commit.lua``, and ``lua/admit.lua`` for the rate limiter), because Redis runs a script's
+whole chunk on every call; ``lua/ledger.lua`` runs the others, on the same keys with the same
+rules. All keys of one hierarchy share a Cluster hash tag (the path's first segment), so every
+script stays atomic on Redis Cluster too.
+
+Each backend caches the limits of the paths it reserves on, under the hierarchy's limits
+version (a key every limit change bumps), and sends them with a reserve or commit; the script
+uses them only if the version is still current, and otherwise reads the limits itself and
+returns them with the new version. So a limit set by any process applies to the very next
+operation, while the common case skips reading every scope's limits on the server.
 
 Time: by default the script reads the server's ``TIME``, so hosts with skewed clocks agree on
 windows and TTLs. ``?time=client`` uses the ledger's clock instead (tests drive it with a fake
@@ -31,12 +38,23 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from budgeteer.backends.base import CommitOutcome, Denial, ScopeMeters
+from budgeteer.backends.base import CommitOutcome, Denial, ScopeMeters, path_prefixes
 from budgeteer.errors import BudgeteerError, InvalidInput, ReservationSettled, UnknownReservation
 from budgeteer.ledger._core import window_of
 from budgeteer.model import LimitState
 
 _OPTIONS = {"time", "prefix", "cluster"}
+_CACHED_PATHS = 4096
+"""Paths whose limits a backend caches; the cache starts again empty when it is full."""
+_OPEN_RESERVATIONS = 65536
+"""Reservations whose path a backend remembers for their commit (ids of this process only)."""
+
+_Limits = tuple[tuple[int, str, str, int], ...]
+"""Every limit on a path: (scope number, 1 = top), dimension, window key, max; in the scripts'
+order (by scope, then by "dimension|window")."""
+_Plan = tuple[bytes, list[Any], tuple[tuple[str, str, str, int], ...]]
+"""A limits version, the script arguments naming the limits on some dimensions, and those
+limits as (scope, dimension, window key, max)."""
 
 
 def _script_text(name: str = "ledger") -> str:
@@ -101,6 +119,11 @@ class _RedisCore:
         # Calendar windows seen so far; their period bounds go with every call (see module doc).
         self._calendar: set[str] = set()
         self._lock = threading.Lock()
+        # The limits cache (see the module docstring). Plain dicts: a lost race only makes a
+        # script read the limits itself once more.
+        self._path_limits: dict[str, tuple[bytes, _Limits]] = {}
+        self._plans: dict[tuple[str, tuple[str, ...], bool], _Plan] = {}
+        self._open: dict[str, str] = {}  # reservation id -> path, until its commit or release
 
     def _key(self, path: str) -> str:
         return f"{self._prefix}:{{{path.split('/', 1)[0]}}}"
@@ -118,6 +141,39 @@ class _RedisCore:
             bounds.append(f"{key}={start!r}:{end!r}")
         return stamp, ";".join(bounds)
 
+    def _plan(self, path: str, amounts: Mapping[str, int], commit: bool) -> _Plan:
+        """The cached limits of ``path`` on the dimensions of ``amounts`` (for a commit, without
+        pacing limits), as script arguments; an empty version if the path's are not known."""
+        key = (path, tuple(amounts), commit)
+        plan = self._plans.get(key)
+        known = self._path_limits.get(path)
+        if known is None:
+            return b"", [], ()
+        if plan is not None and plan[0] is known[0]:
+            return plan
+        scopes = path_prefixes(path)
+        args: list[Any] = []
+        labels = []
+        for number, dimension, window_key, max_units in known[1]:
+            if dimension in amounts and not (commit and window_key.startswith("pacing:")):
+                args += (number, dimension, window_key, max_units)
+                labels.append((scopes[number - 1], dimension, window_key, max_units))
+        plan = (known[0], args, tuple(labels))
+        if len(self._plans) >= _CACHED_PATHS:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def _learn(self, path: str, version: bytes, flat: Sequence[Any]) -> None:
+        """Cache the limits a script sent back with the current version."""
+        limits = tuple(
+            (flat[i], flat[i + 1].decode(), flat[i + 2].decode(), flat[i + 3])
+            for i in range(0, len(flat), 4)
+        )
+        if len(self._path_limits) >= _CACHED_PATHS:
+            self._path_limits.clear()
+        self._path_limits[path] = (version, limits)
+
     def _reserve_args(
         self,
         reservation_id: str,
@@ -125,24 +181,86 @@ class _RedisCore:
         scopes: tuple[str, ...],
         amounts: Mapping[str, int],
         ttl_s: float,
+        plan: _Plan,
     ) -> list[Any]:
         """reserve.lua's arguments after the leading two (see its header)."""
-        args: list[Any] = [reservation_id, path, _encode(amounts), repr(ttl_s), len(amounts)]
+        args: list[Any] = [
+            reservation_id, path, _encode(amounts), repr(ttl_s), plan[0], len(amounts), len(scopes)
+        ]  # fmt: skip
         for pair in amounts.items():
             args += pair
         args += scopes
+        args += plan[1]
         return args
 
-    @staticmethod
+    def _reserve_result(
+        self, reply: Any, path: str, amounts: Mapping[str, int], plan: _Plan
+    ) -> tuple[LimitState, ...] | Denial:
+        status = reply[0]
+        if status == b"ok":
+            start = 1
+        elif status == b"ok+":  # the limits changed, or this backend did not know them
+            start = 3 + 4 * reply[2]
+            self._learn(path, reply[1], reply[3:start])
+            plan = self._plan(path, amounts, False)
+        else:
+            return _denial(reply)
+        return tuple(
+            LimitState(scope, dimension, window_key, max_units, reply[i], reply[i + 1])
+            for (scope, dimension, window_key, max_units), i in zip(
+                plan[2], range(start, len(reply), 2), strict=True
+            )
+        )
+
+    def _remember(self, reservation_id: str, path: str) -> None:
+        if len(self._open) >= _OPEN_RESERVATIONS:  # holds that were never settled
+            self._open.clear()
+        self._open[reservation_id] = path
+
     def _commit_args(
-        reservation_id: str, actual: Mapping[str, int], metadata: Mapping[str, str]
+        self, reservation_id: str, actual: Mapping[str, int], metadata: Mapping[str, str]
     ) -> list[Any]:
         """commit.lua's arguments after the leading two (see its header)."""
+        path = self._open.get(reservation_id)
+        version, rows, _ = self._plan(path, actual, True) if path else (b"", [], ())
         meta = json.dumps(dict(metadata)) if metadata else "{}"
-        args: list[Any] = [reservation_id, _encode(actual), meta, len(actual)]
+        args: list[Any] = [
+            reservation_id, _encode(actual), meta, path or "", version, len(actual)
+        ]  # fmt: skip
         for pair in actual.items():
             args += pair
+        args += rows
         return args
+
+    def _commit_result(
+        self,
+        reply: Any,
+        reservation_id: str,
+        actual: Mapping[str, int],
+        metadata: Mapping[str, str],
+    ) -> CommitOutcome:
+        status = reply[0]
+        if status == b"committed":  # the client has the usage and metadata it sent
+            path = reply[1].decode()
+            if len(reply) > 5:
+                self._learn(path, reply[5], reply[7:])
+            self._open.pop(reservation_id, None)
+            over = reply[4]
+            return CommitOutcome(
+                "committed",
+                path,
+                actual,
+                float(reply[2]),
+                _overruns(over) if over else (),
+                metadata,
+                reply[3] == b"1",
+            )
+        self._open.pop(reservation_id, None)
+        if status == b"unknown":
+            raise UnknownReservation(reservation_id)
+        if status == b"released":
+            raise ReservationSettled(reservation_id, "released", "commit")
+        return _outcome(reply, replayed=True)
 
     def _admit_args(
         self,
@@ -184,12 +302,11 @@ class RedisBackend(_RedisCore):
         super().__init__(url, asynchronous=False)
         cluster = not hasattr(self._client, "connection_pool")
         self._direct = None if cluster else _DirectScript(self._client, _script_text())
-        self._direct_reserve = (
-            self._reserve_script if cluster else _DirectScript(self._client, _script_text("reserve"))
-        )
-        self._direct_commit = (
-            self._commit_script if cluster else _DirectScript(self._client, _script_text("commit"))
-        )
+        self._direct_reserve: Any = self._reserve_script
+        self._direct_commit: Any = self._commit_script
+        if not cluster:
+            self._direct_reserve = _DirectScript(self._client, _script_text("reserve"))
+            self._direct_commit = _DirectScript(self._client, _script_text("commit"))
         # A retried admit after a broken connection may count once more than it admitted: an
         # over-count, which only makes the limiter stricter, never lets more through.
         self._direct_admit = None if cluster else _DirectScript(self._client, _script_text("admit"))
@@ -235,8 +352,13 @@ class RedisBackend(_RedisCore):
         now: float,
         expires_at: float,
     ) -> tuple[LimitState, ...] | Denial:
-        args = self._reserve_args(reservation_id, path, scopes, amounts, expires_at - now)
-        return _reserve_result(self._eval(self._direct_reserve, path, (), now, args))
+        plan = self._plan(path, amounts, False)
+        args = self._reserve_args(reservation_id, path, scopes, amounts, expires_at - now, plan)
+        reply = self._eval(self._direct_reserve, path, (), now, args)
+        result = self._reserve_result(reply, path, amounts, plan)
+        if not isinstance(result, Denial):
+            self._remember(reservation_id, path)
+        return result
 
     def admit(
         self,
@@ -264,7 +386,7 @@ class RedisBackend(_RedisCore):
     ) -> CommitOutcome:
         args = self._commit_args(reservation_id, actual, metadata)
         reply = self._eval(self._direct_commit, _root_of(reservation_id), (), now, args)
-        return _commit_result(reply, reservation_id, actual, metadata)
+        return self._commit_result(reply, reservation_id, actual, metadata)
 
     def charge(
         self,
@@ -282,6 +404,7 @@ class RedisBackend(_RedisCore):
 
     def release(self, reservation_id: str, now: float) -> None:
         reply = self._run(_root_of(reservation_id), "release", now, reservation_id)
+        self._open.pop(reservation_id, None)
         _release_result(reply, reservation_id)
 
     def peek(self, scopes: tuple[str, ...], now: float) -> tuple[LimitState, ...]:
@@ -407,8 +530,13 @@ class AsyncRedisBackend(_RedisCore):
         now: float,
         expires_at: float,
     ) -> tuple[LimitState, ...] | Denial:
-        args = self._reserve_args(reservation_id, path, scopes, amounts, expires_at - now)
-        return _reserve_result(await self._eval(self._reserve_script, path, (), now, args))
+        plan = self._plan(path, amounts, False)
+        args = self._reserve_args(reservation_id, path, scopes, amounts, expires_at - now, plan)
+        reply = await self._eval(self._reserve_script, path, (), now, args)
+        result = self._reserve_result(reply, path, amounts, plan)
+        if not isinstance(result, Denial):
+            self._remember(reservation_id, path)
+        return result
 
     async def admit(
         self,
@@ -439,7 +567,7 @@ class AsyncRedisBackend(_RedisCore):
         async for attempt in AsyncRetrying(**_COMMIT_RETRY):
             with attempt:
                 reply = await self._eval(self._commit_script, root, (), now, args)
-        return _commit_result(reply, reservation_id, actual, metadata)
+        return self._commit_result(reply, reservation_id, actual, metadata)
 
     async def charge(
         self,
@@ -457,6 +585,7 @@ class AsyncRedisBackend(_RedisCore):
 
     async def release(self, reservation_id: str, now: float) -> None:
         reply = await self._run(_root_of(reservation_id), "release", now, reservation_id)
+        self._open.pop(reservation_id, None)
         _release_result(reply, reservation_id)
 
     async def peek(self, scopes: tuple[str, ...], now: float) -> tuple[LimitState, ...]:
@@ -478,38 +607,21 @@ def _root_of(reservation_id: str) -> str:
     return root
 
 
-def _reserve_result(reply: Any) -> tuple[LimitState, ...] | Denial:
-    if reply[0] == b"deny":
-        scope, dimension, window_key = (x.decode() for x in reply[1:4])
-        max_units, used, held, requested = (int(x) for x in reply[4:8])
-        wait = reply[8].decode()
-        state = LimitState(scope, dimension, window_key, max_units, used, held)
-        return Denial(state, requested, float(wait) if wait else None)
-    return _states(reply, 1)
+def _denial(reply: Any) -> Denial:
+    """A script's {'deny', scope, dim, window, max, used, held, requested, retry_after, ...}."""
+    scope, dimension, window_key = (x.decode() for x in reply[1:4])
+    max_units, used, held, requested = (int(x) for x in reply[4:8])
+    wait = reply[8].decode()
+    state = LimitState(scope, dimension, window_key, max_units, used, held)
+    return Denial(state, requested, float(wait) if wait else None)
 
 
 def _admit_result(reply: Any) -> tuple[LimitState, ...] | Denial | None:
     if reply[0] == b"stale":
         return None
     if reply[0] == b"deny":
-        return _reserve_result(reply)
+        return _denial(reply)
     return _states(reply, 3)
-
-
-def _commit_result(
-    reply: Any, reservation_id: str, actual: Mapping[str, int], metadata: Mapping[str, str]
-) -> CommitOutcome:
-    status = reply[0]
-    if status == b"committed":  # the client has the usage and metadata it sent
-        _, path, at, late, over = reply
-        return CommitOutcome(
-            "committed", path.decode(), actual, float(at), _overruns(over), metadata, late == b"1"
-        )
-    if status == b"unknown":
-        raise UnknownReservation(reservation_id)
-    if status == b"released":
-        raise ReservationSettled(reservation_id, "released", "commit")
-    return _outcome(reply, replayed=True)
 
 
 def _release_result(reply: Any, reservation_id: str) -> None:

@@ -1,16 +1,22 @@
 -- budgeteer's commit on Redis: one run of this script, one round trip, atomic.
 --
--- The same operation as `commit` in ledger.lua, on the same keys and fields (see its header), in a
--- script of its own for the reason reserve.lua gives.
+-- The same operation as ledger.lua's rules, on the same keys and fields (see its header), in a
+-- script of its own for the reasons reserve.lua gives; the path's limits come from the client as
+-- they do there.
 --
 -- KEYS[1] the hierarchy's key prefix. ARGV: 1 "now" or "" for the server's TIME; 2 calendar
 -- bounds "key=start:end;..." (as in ledger.lua); 3 the reservation id; 4 the actual usage as
--- "dim=amount,..."; 5 the metadata (JSON, opaque here); 6 the number of dimensions D, then D pairs
--- dim, amount (the actual usage again, pre-split by the client).
+-- "dim=amount,..."; 5 the metadata (JSON, opaque here); 6 the path the client believes the
+-- reservation is on ("" if it does not know); 7 the limits version the client knows ("" if
+-- none); 8 the number of dimensions D, then D pairs dim, amount (the actual usage again); then,
+-- with a version, the limits on those dimensions other than pacing ones (which pace admissions,
+-- not commits) as quadruples scope number (1 = top), dim, window key, max, in ledger.lua's order.
 --
 -- Replies: {'committed', path, committed at, late '1' or '0', overruns} (the client has the
--- usage and metadata it sent); {'replayed', path, actual, at, late, overruns, metadata} for a
--- retry; {'unknown'}; {'released'}; {'bounds', window, now} as in ledger.lua.
+-- usage and metadata it sent), followed by version, N and N quadruples (every limit on the path,
+-- as reserve.lua sends them) when the client's version or path was not current;
+-- {'replayed', path, actual, at, late, overruns, metadata} for a retry; {'unknown'};
+-- {'released'}; {'bounds', window, now} as in ledger.lua.
 
 local P = KEYS[1]
 local now_text
@@ -43,56 +49,69 @@ else
   late = true
 end
 
-local D = tonumber(ARGV[6])
+local D = tonumber(ARGV[8])
 local dims, actual, actual_texts = {}, {}, {}
-for i = 7, 5 + 2 * D, 2 do
+for i = 9, 7 + 2 * D, 2 do
   local dim = ARGV[i]
   dims[#dims + 1] = dim
   actual_texts[dim] = ARGV[i + 1]
   actual[dim] = tonumber(ARGV[i + 1])
 end
 
--- The path's scopes and the limits on the committed dimensions, in ledger.lua's order; pacing
--- limits pace admissions, not commits, and are skipped.
-local scopes, skeys, rows = {}, {}, {}
+local scopes, skeys = {}, {}
 local acc
 for segment in string.gmatch(path, '[^/]+') do
   acc = acc and (acc .. '/' .. segment) or segment
-  local k = #scopes + 1
-  scopes[k], skeys[k] = acc, P .. ':s:' .. acc
-  local flat = redis.call('HGETALL', P .. ':l:' .. acc)
-  if #flat > 2 then
-    local pairs_ = {}
-    for i = 1, #flat, 2 do pairs_[#pairs_ + 1] = {flat[i], flat[i + 1]} end
-    table.sort(pairs_, function(a, b) return a[1] < b[1] end)
-    flat = {}
-    for _, pair in ipairs(pairs_) do flat[#flat + 1] = pair[1]; flat[#flat + 1] = pair[2] end
+  scopes[#scopes + 1] = acc
+  skeys[#skeys + 1] = P .. ':s:' .. acc
+end
+
+-- The limits on the committed dimensions: rows of {scope number, dim, window key, max}.
+local rows = {}
+local version = redis.call('GET', P .. ':lv')
+local learned  -- every limit on the path, for the client, when its version was not current
+if version and version == ARGV[7] and path == ARGV[6] then
+  for i = 9 + 2 * D, #ARGV, 4 do
+    rows[#rows + 1] = {tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])}
   end
-  for i = 1, #flat, 2 do
-    local field = flat[i]
-    local bar = string.find(field, '|', 1, true)
-    local dim = string.sub(field, 1, bar - 1)
-    local wkey = string.sub(field, bar + 1)
-    if actual[dim] and string.sub(wkey, 1, 7) ~= 'pacing:' then
-      rows[#rows + 1] = {acc, dim, wkey, tonumber(flat[i + 1]), field, k}
+else
+  if not version then  -- unique across a flush, so no client mistakes a new set for an old one
+    local t = redis.call('TIME')
+    version = t[1] .. string.sub('00000' .. t[2], -6)
+    redis.call('SET', P .. ':lv', version)
+  end
+  learned = {}
+  for k, scope in ipairs(scopes) do
+    local flat = redis.call('HGETALL', P .. ':l:' .. scope)
+    local fields = {}
+    for i = 1, #flat, 2 do fields[#fields + 1] = {flat[i], tonumber(flat[i + 1])} end
+    if #fields > 1 then table.sort(fields, function(a, b) return a[1] < b[1] end) end
+    for _, f in ipairs(fields) do
+      local bar = string.find(f[1], '|', 1, true)
+      local row = {k, string.sub(f[1], 1, bar - 1), string.sub(f[1], bar + 1), f[2]}
+      for j = 1, 4 do learned[#learned + 1] = row[j] end
+      if actual[row[2]] and string.sub(row[3], 1, 7) ~= 'pacing:' then rows[#rows + 1] = row end
     end
   end
 end
 
+local function num(x) return string.format('%.17g', x) end
+
 -- Calendar windows whose period has ended need bounds from the client; checked before any write.
 local bounds
 for _, row in ipairs(rows) do
-  if string.sub(row[3], 1, 9) == 'calendar:' then
+  local wkey = row[3]
+  if string.sub(wkey, 1, 9) == 'calendar:' then
     if not bounds then
       bounds = {}
       for key, start, stop in string.gmatch(ARGV[2], '([^=;]+)=([^:;]+):([^;]+)') do
         bounds[key] = {tonumber(start), tonumber(stop)}
       end
     end
-    local stop = tonumber(redis.call('HGET', skeys[row[6]], 'me:' .. row[5]) or '0')
-    local b = bounds[row[3]]
-    if now >= stop and (not b or now < b[1] or now >= b[2]) then
-      return {'bounds', row[3], now_text}
+    local stop = redis.call('HGET', skeys[row[1]], 'me:' .. row[2] .. '|' .. wkey)
+    local b = bounds[wkey]
+    if now >= (tonumber(stop) or 0) and (not b or now < b[1] or now >= b[2]) then
+      return {'bounds', wkey, now_text}
     end
   end
 end
@@ -118,12 +137,10 @@ for k, s in ipairs(skeys) do
   totals[k] = scope_totals
 end
 
-local function num(x) return string.format('%.17g', x) end
-
 local over = {}
 for _, row in ipairs(rows) do
-  local scope, dim, wkey, max, field, k = row[1], row[2], row[3], row[4], row[5], row[6]
-  local s, amount = skeys[k], actual[dim]
+  local k, dim, wkey, max = row[1], row[2], row[3], row[4]
+  local s, field = skeys[k], dim .. '|' .. wkey
   local used
   if wkey == 'lifetime' then
     used = totals[k][dim]
@@ -152,7 +169,7 @@ for _, row in ipairs(rows) do
         redis.call('HSET', s, 'mh:' .. field, cutoff)
       end
     end
-    used = used + amount
+    used = used + actual[dim]
     local index = math.floor(now / gran)
     if newest and newest >= index then index = newest end  -- a clock that stepped back
     redis.call('HINCRBY', s, 'b:' .. field .. '|' .. index, actual_texts[dim])
@@ -163,15 +180,15 @@ for _, row in ipairs(rows) do
     end
   else
     -- A calendar window: a period that has ended starts again (its bounds were checked above).
-    if now >= tonumber(redis.call('HGET', s, 'me:' .. field) or '0') then
+    if now >= (tonumber(redis.call('HGET', s, 'me:' .. field)) or 0) then
       local b = bounds[wkey]
       redis.call('HSET', s, 'ms:' .. field, num(b[1]), 'me:' .. field, num(b[2]), 'm:' .. field, 0)
     end
     used = redis.call('HINCRBY', s, 'm:' .. field, actual_texts[dim])
   end
   if used > max then
-    local held_now = tonumber(redis.call('HGET', s, 'h:' .. dim) or '0')
-    for _, v in ipairs({scope, dim, wkey, num(max), num(used), num(held_now)}) do
+    local held_now = tonumber(redis.call('HGET', s, 'h:' .. dim)) or 0
+    for _, v in ipairs({scopes[k], dim, wkey, num(max), num(used), num(held_now)}) do
       over[#over + 1] = v
     end
   end
@@ -182,4 +199,9 @@ local late_text = late and '1' or '0'
 redis.call('HSET', record_key, 'state', 'committed', 'path', path, 'actual', ARGV[4], 'at', now_text,
   'late', late_text, 'overruns', over_text, 'metadata', ARGV[5])
 redis.call('EXPIRE', record_key, 7 * 86400)
-return {'committed', path, now_text, late_text, over_text}
+local reply = {'committed', path, now_text, late_text, over_text}
+if learned then
+  reply[6], reply[7] = version, #learned / 4
+  for _, v in ipairs(learned) do reply[#reply + 1] = v end
+end
+return reply

@@ -1,20 +1,29 @@
 -- budgeteer's reserve on Redis: one run of this script, one round trip, atomic over every limit
 -- of every scope on the path.
 --
--- The same operation as `reserve` in ledger.lua, on the same keys and fields (see its header).
--- It has a script of its own because Redis runs a script's whole chunk on every call and every
--- redis.call, script argument, formatted float or parsed string costs about as much as a small
--- command: this one does only what a reserve needs, and keeps the server's time as the text TIME
+-- The same operation as ledger.lua's rules, on the same keys and fields (see its header). It has
+-- a script of its own because Redis runs a script's whole chunk on every call, and every
+-- redis.call, script argument, table, parsed string or formatted float costs about as much as a
+-- small command: this one does only what a reserve needs. The server's time stays the text TIME
 -- gave (formatting a double costs more than a command).
+--
+-- The path's limits come from the client when it sends the hierarchy's limits version (P:lv,
+-- bumped by every limit change) and the server's matches; otherwise they are read here and sent
+-- back with the version, for the client to cache.
 --
 -- KEYS[1] the hierarchy's key prefix. ARGV: 1 "now" or "" for the server's TIME; 2 calendar
 -- bounds "key=start:end;..." (as in ledger.lua); 3 the id; 4 the path; 5 the amounts as
--- "dim=amount,..." (kept in the hold); 6 the TTL in seconds; 7 the number of dimensions D, then D
--- pairs dim, amount; then the path's scopes, top first. (Pre-split by the client.)
+-- "dim=amount,..." (kept in the hold); 6 the TTL in seconds; 7 the limits version the client
+-- knows ("" if none); 8 the number of dimensions D; 9 the number of scopes S; then D pairs
+-- dim, amount; then the S scopes, top first; then, with a version, the limits on the requested
+-- dimensions as quadruples scope number (1 = top), dim, window key, max, in ledger.lua's order
+-- (by scope, then by "dim|window").
 --
--- Replies: {'ok', then scope, dim, window, max, used, held for each limit checked, as after the
--- hold}; {'deny', scope, dim, window, max, used, held, requested, retry_after or '', now};
--- {'bounds', window, now} when a calendar window needs bounds the client did not send.
+-- Replies: {'ok', then used, held of each limit checked, as after the hold}, or {'ok+', version,
+-- N, N quadruples scope number, dim, window key, max (every limit on the path), then the same
+-- pairs} when the client's version was not current; {'deny', scope, dim, window, max, used,
+-- held, requested, retry_after or '', now}; {'bounds', window, now} when a calendar window needs
+-- bounds the client did not send.
 
 local P = KEYS[1]
 local now_text
@@ -28,61 +37,71 @@ local now = tonumber(now_text)
 local HOLDS, EXPIRY = P .. ':holds', P .. ':expiry'
 local id, path = ARGV[3], ARGV[4]
 
-local D = tonumber(ARGV[7])
+local D, S = tonumber(ARGV[8]), tonumber(ARGV[9])
 local dims, amounts, amount_texts = {}, {}, {}
-for i = 8, 6 + 2 * D, 2 do
+for i = 10, 8 + 2 * D, 2 do
   local dim = ARGV[i]
   dims[#dims + 1] = dim
   amount_texts[dim] = ARGV[i + 1]
   amounts[dim] = tonumber(ARGV[i + 1])
 end
 local scopes, skeys = {}, {}
-for i = 8 + 2 * D, #ARGV do
+for i = 10 + 2 * D, 9 + 2 * D + S do
   scopes[#scopes + 1] = ARGV[i]
   skeys[#skeys + 1] = P .. ':s:' .. ARGV[i]
 end
 
--- The limits on the requested dimensions, in ledger.lua's order (by scope, then by field):
--- rows of {scope, dim, window key, max, field, scope hash}.
+-- The limits on the requested dimensions: rows of {scope number, dim, window key, max}.
 local rows = {}
-for k, scope in ipairs(scopes) do
-  local flat = redis.call('HGETALL', P .. ':l:' .. scope)
-  if #flat > 2 then
-    local pairs_ = {}
-    for i = 1, #flat, 2 do pairs_[#pairs_ + 1] = {flat[i], flat[i + 1]} end
-    table.sort(pairs_, function(a, b) return a[1] < b[1] end)
-    flat = {}
-    for _, pair in ipairs(pairs_) do flat[#flat + 1] = pair[1]; flat[#flat + 1] = pair[2] end
+local version = redis.call('GET', P .. ':lv')
+local learned  -- every limit on the path, for the client, when its version was not current
+if version and version == ARGV[7] then
+  for i = 10 + 2 * D + S, #ARGV, 4 do
+    rows[#rows + 1] = {tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])}
   end
-  for i = 1, #flat, 2 do
-    local field = flat[i]
-    local bar = string.find(field, '|', 1, true)
-    local dim = string.sub(field, 1, bar - 1)
-    if amounts[dim] then
-      rows[#rows + 1] = {scope, dim, string.sub(field, bar + 1), tonumber(flat[i + 1]), field, skeys[k]}
+else
+  if not version then  -- unique across a flush, so no client mistakes a new set for an old one
+    local t = redis.call('TIME')
+    version = t[1] .. string.sub('00000' .. t[2], -6)
+    redis.call('SET', P .. ':lv', version)
+  end
+  learned = {}
+  for k, scope in ipairs(scopes) do
+    local flat = redis.call('HGETALL', P .. ':l:' .. scope)
+    local fields = {}
+    for i = 1, #flat, 2 do fields[#fields + 1] = {flat[i], tonumber(flat[i + 1])} end
+    if #fields > 1 then table.sort(fields, function(a, b) return a[1] < b[1] end) end
+    for _, f in ipairs(fields) do
+      local bar = string.find(f[1], '|', 1, true)
+      local row = {k, string.sub(f[1], 1, bar - 1), string.sub(f[1], bar + 1), f[2]}
+      for j = 1, 4 do learned[#learned + 1] = row[j] end
+      if amounts[row[2]] then rows[#rows + 1] = row end
     end
   end
 end
 
+local function num(x) return string.format('%.17g', x) end
+
 -- Calendar windows whose period has ended need bounds from the client; checked before any write.
 local bounds
 for _, row in ipairs(rows) do
-  if string.sub(row[3], 1, 9) == 'calendar:' then
+  local wkey = row[3]
+  if string.sub(wkey, 1, 9) == 'calendar:' then
     if not bounds then
       bounds = {}
       for key, start, stop in string.gmatch(ARGV[2], '([^=;]+)=([^:;]+):([^;]+)') do
         bounds[key] = {tonumber(start), tonumber(stop)}
       end
     end
-    local stop = tonumber(redis.call('HGET', row[6], 'me:' .. row[5]) or '0')
-    local b = bounds[row[3]]
-    if now >= stop and (not b or now < b[1] or now >= b[2]) then
-      return {'bounds', row[3], now_text}
+    local stop = redis.call('HGET', skeys[row[1]], 'me:' .. row[2] .. '|' .. wkey)
+    local b = bounds[wkey]
+    if now >= (tonumber(stop) or 0) and (not b or now < b[1] or now >= b[2]) then
+      return {'bounds', wkey, now_text}
     end
   end
 end
 
--- Reclaim expired holds (as ledger.lua's reclaim_expired).
+-- Reclaim expired holds (ledger.lua's reclaim_expired).
 local due = redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', now_text, 'LIMIT', 0, 256)
 for _, hid in ipairs(due) do
   local hold = redis.call('HGET', HOLDS, hid)
@@ -102,47 +121,42 @@ for _, hid in ipairs(due) do
   redis.call('ZREM', EXPIRY, hid)
 end
 
-local function num(x) return string.format('%.17g', x) end
-
--- Bring a rolling window up to now (ledger.lua's refresh); returns used, oldest, newest, gran,
--- buckets.
-local function roll(s, field, wkey, used, oldest, newest)
-  local seconds, gran = string.match(wkey, '^rolling:(%d+):(%d+)$')
-  gran = tonumber(gran)
-  local buckets = tonumber(seconds) / gran
-  if not oldest then return used, nil, nil, gran, buckets end
-  local cutoff = math.floor(now / gran) - buckets
-  if oldest >= cutoff then return used, oldest, newest, gran, buckets end
-  for index = oldest, math.min(newest, cutoff - 1) do
-    local bucket = 'b:' .. field .. '|' .. index
-    local amount = redis.call('HGET', s, bucket)
-    if amount then
-      used = used - tonumber(amount)
-      redis.call('HDEL', s, bucket)
-    end
-  end
-  if newest < cutoff then
-    redis.call('HDEL', s, 'mh:' .. field, 'ml:' .. field)
-    redis.call('HSET', s, 'm:' .. field, 0)
-    return 0, nil, nil, gran, buckets
-  end
-  redis.call('HSET', s, 'mh:' .. field, cutoff, 'm:' .. field, used)
-  return used, cutoff, newest, gran, buckets
-end
-
--- Each limit's counters as they are now: used, held, and what its denial needs to say when to
--- retry (a closure, built only for windows that can compute it).
+-- A limit's counters as they are now: used, held, and for a denial either a function of
+-- (over, held, requested) giving the retry_after text, or a pacing bucket's arrival time.
 local function state(row)
-  local dim, wkey, max, field, s = row[2], row[3], row[4], row[5], row[6]
+  local s, dim, wkey, max = skeys[row[1]], row[2], row[3], row[4]
   if wkey == 'lifetime' then
     local c = redis.call('HMGET', s, 'u:' .. dim, 'h:' .. dim)
     return tonumber(c[1]) or 0, tonumber(c[2]) or 0
   end
+  local field = dim .. '|' .. wkey
   local kind = string.sub(wkey, 1, 7)
   if kind == 'rolling' then
+    -- ledger.lua's refresh: drop the buckets that have left the window.
     local c = redis.call('HMGET', s, 'h:' .. dim, 'm:' .. field, 'mh:' .. field, 'ml:' .. field)
-    local used, oldest, newest, gran, buckets =
-      roll(s, field, wkey, tonumber(c[2]) or 0, tonumber(c[3]), tonumber(c[4]))
+    local used, oldest, newest = tonumber(c[2]) or 0, tonumber(c[3]), tonumber(c[4])
+    local seconds, gran = string.match(wkey, '^rolling:(%d+):(%d+)$')
+    gran = tonumber(gran)
+    local buckets = tonumber(seconds) / gran
+    local cutoff = math.floor(now / gran) - buckets
+    if oldest and oldest < cutoff then
+      for index = oldest, math.min(newest, cutoff - 1) do
+        local bucket = 'b:' .. field .. '|' .. index
+        local amount = redis.call('HGET', s, bucket)
+        if amount then
+          used = used - tonumber(amount)
+          redis.call('HDEL', s, bucket)
+        end
+      end
+      if newest < cutoff then
+        redis.call('HDEL', s, 'mh:' .. field, 'ml:' .. field)
+        used, oldest = 0, nil
+      else
+        oldest = cutoff
+        redis.call('HSET', s, 'mh:' .. field, cutoff)
+      end
+      redis.call('HSET', s, 'm:' .. field, used)
+    end
     return used, tonumber(c[1]) or 0, function(over)
       if not oldest then return '' end
       local names = {}
@@ -174,10 +188,18 @@ local function state(row)
     redis.call('HSET', s, 'ms:' .. field, num(b[1]), 'me:' .. field, num(b[2]), 'm:' .. field, 0)
     used, stop = 0, b[2]
   end
-  return used, tonumber(c[1]) or 0, function(over, held, requested)
+  return used, tonumber(c[1]) or 0, function(_, held, requested)
     if held + requested > max then return '' end
     return num(math.max(0, stop - now))
   end
+end
+
+local reply
+if learned then
+  reply = {'ok+', version, #learned / 4}
+  for _, v in ipairs(learned) do reply[#reply + 1] = v end
+else
+  reply = {'ok'}
 end
 
 local expires_at = now + tonumber(ARGV[6])
@@ -185,46 +207,43 @@ local expires_text = num(expires_at)
 local record = path .. '\n' .. now_text .. '\n' .. expires_text .. '\n' .. ARGV[5]
 if redis.call('HSETNX', HOLDS, id, record) == 0 then
   -- A retry whose first reply was lost: the hold is already counted.
-  local reply = {'ok'}
   for _, row in ipairs(rows) do
     local used, held = state(row)
-    for i = 1, 4 do reply[#reply + 1] = row[i] end
     reply[#reply + 1] = used
     reply[#reply + 1] = held
   end
   return reply
 end
 
-local reply, paced = {'ok'}, {}
+local paced = {}
 for _, row in ipairs(rows) do
-  local scope, dim, wkey, max = row[1], row[2], row[3], row[4]
+  local dim, wkey, max = row[2], row[3], row[4]
   local requested = amounts[dim]
   local used, held, extra = state(row)
   if string.sub(wkey, 1, 7) == 'pacing:' then
-    -- A GCRA token bucket (budgeteer.ledger._core.pace): extra is its theoretical arrival time.
+    -- A GCRA token bucket (budgeteer.ledger._core.pace); extra is its theoretical arrival time.
     if requested > 0 then
       local refill = tonumber(string.sub(wkey, 8)) / 1000000
       if requested > max then
         redis.call('HDEL', HOLDS, id)
-        return {'deny', scope, dim, wkey, max, used, 0, requested, '', now_text}
+        return {'deny', scopes[row[1]], dim, wkey, max, used, 0, requested, '', now_text}
       end
       local new_tat = math.max(extra, now) + requested * refill / max
       local wait = new_tat - refill - now
       if wait > 1e-6 then
         redis.call('HDEL', HOLDS, id)
-        return {'deny', scope, dim, wkey, max, used, 0, requested, num(wait), now_text}
+        return {'deny', scopes[row[1]], dim, wkey, max, used, 0, requested, num(wait), now_text}
       end
-      paced[#paced + 1] = {row[6], 'pt:' .. row[5], num(new_tat)}
+      paced[#paced + 1] = {skeys[row[1]], 'pt:' .. dim .. '|' .. wkey, num(new_tat)}
     end
     used = used + requested
   elseif used + held + requested > max then
     redis.call('HDEL', HOLDS, id)
     local wait = extra and extra(used + held + requested - max, held, requested) or ''
-    return {'deny', scope, dim, wkey, max, used, held, requested, wait, now_text}
+    return {'deny', scopes[row[1]], dim, wkey, max, used, held, requested, wait, now_text}
   else
     held = held + requested
   end
-  for i = 1, 4 do reply[#reply + 1] = row[i] end
   reply[#reply + 1] = used
   reply[#reply + 1] = held
 end
