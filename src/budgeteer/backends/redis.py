@@ -142,17 +142,18 @@ class _RedisCore:
         return stamp, ";".join(bounds)
 
     def _plan(self, path: str, amounts: Mapping[str, int], commit: bool) -> _Plan:
-        """The cached limits of ``path`` on the dimensions of ``amounts`` (for a commit, without
-        pacing limits), as script arguments; an empty version if the path's are not known."""
+        """The script arguments for the cached limits of ``path`` on the dimensions of
+        ``amounts``: for a reserve, after the scopes' hash keys; for a commit, without pacing
+        limits (which pace admissions only). An empty version if the path's are not known."""
         key = (path, tuple(amounts), commit)
         plan = self._plans.get(key)
         known = self._path_limits.get(path)
-        if known is None:
-            return b"", [], ()
-        if plan is not None and plan[0] is known[0]:
+        if plan is not None and known is not None and plan[0] is known[0]:
             return plan
         scopes = path_prefixes(path)
-        args: list[Any] = []
+        args: list[Any] = [] if commit else [f"{self._key(path)}:s:{scope}" for scope in scopes]
+        if known is None:
+            return b"", args, ()
         labels = []
         for number, dimension, window_key, max_units in known[1]:
             if dimension in amounts and not (commit and window_key.startswith("pacing:")):
@@ -189,8 +190,7 @@ class _RedisCore:
         ]  # fmt: skip
         for pair in amounts.items():
             args += pair
-        args += scopes
-        args += plan[1]
+        args += plan[1]  # the scopes' hash keys, then the limits
         return args
 
     def _reserve_result(

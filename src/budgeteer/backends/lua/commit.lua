@@ -17,6 +17,10 @@
 -- as reserve.lua sends them) when the client's version or path was not current;
 -- {'replayed', path, actual, at, late, overruns, metadata} for a retry; {'unknown'};
 -- {'released'}; {'bounds', window, now} as in ledger.lua.
+--
+-- The settled record P:r:<id> keeps 'state' and, packed in one field (one short HSET instead of
+-- seven fields), 'v' = "path\nactual\nat\nlate\nmetadata\noverruns" (the JSON has no raw
+-- newline; the overruns, last, may have several).
 
 local P = KEYS[1]
 local now_text
@@ -42,20 +46,23 @@ else
   if not state then return {'unknown'} end
   if state == 'released' then return {'released'} end
   if state == 'committed' then
-    local r = redis.call('HMGET', record_key, 'path', 'actual', 'at', 'late', 'overruns', 'metadata')
-    return {'replayed', r[1], r[2], r[3], r[4], r[5], r[6]}
+    local v = redis.call('HGET', record_key, 'v')
+    if not v then  -- written by ledger.lua's commit before this script had its own
+      local r = redis.call('HMGET', record_key, 'path', 'actual', 'at', 'late', 'overruns', 'metadata')
+      return {'replayed', r[1], r[2], r[3], r[4], r[5], r[6]}
+    end
+    local a, b, c, d, e, f = string.match(v, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$')
+    return {'replayed', a, b, c, d, f, e}
   end
   path = redis.call('HGET', record_key, 'path')  -- expired and reclaimed: record it late
   late = true
 end
 
 local D = tonumber(ARGV[8])
-local dims, actual, actual_texts = {}, {}, {}
+local actual, actual_texts = {}, {}
 for i = 9, 7 + 2 * D, 2 do
-  local dim = ARGV[i]
-  dims[#dims + 1] = dim
-  actual_texts[dim] = ARGV[i + 1]
-  actual[dim] = tonumber(ARGV[i + 1])
+  actual_texts[ARGV[i]] = ARGV[i + 1]
+  actual[ARGV[i]] = tonumber(ARGV[i + 1])
 end
 
 local scopes, skeys = {}, {}
@@ -66,21 +73,19 @@ for segment in string.gmatch(path, '[^/]+') do
   skeys[#skeys + 1] = P .. ':s:' .. acc
 end
 
--- The limits on the committed dimensions: rows of {scope number, dim, window key, max}.
-local rows = {}
+-- The limits on the committed dimensions, as quadruples R[i .. i + 3] for i = first, last, 4.
+local R, first, last
 local version = redis.call('GET', P .. ':lv')
 local learned  -- every limit on the path, for the client, when its version was not current
 if version and version == ARGV[7] and path == ARGV[6] then
-  for i = 9 + 2 * D, #ARGV, 4 do
-    rows[#rows + 1] = {tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])}
-  end
+  R, first, last = ARGV, 9 + 2 * D, #ARGV
 else
   if not version then  -- unique across a flush, so no client mistakes a new set for an old one
     local t = redis.call('TIME')
     version = t[1] .. string.sub('00000' .. t[2], -6)
     redis.call('SET', P .. ':lv', version)
   end
-  learned = {}
+  learned, R = {}, {}
   for k, scope in ipairs(scopes) do
     local flat = redis.call('HGETALL', P .. ':l:' .. scope)
     local fields = {}
@@ -90,17 +95,20 @@ else
       local bar = string.find(f[1], '|', 1, true)
       local row = {k, string.sub(f[1], 1, bar - 1), string.sub(f[1], bar + 1), f[2]}
       for j = 1, 4 do learned[#learned + 1] = row[j] end
-      if actual[row[2]] and string.sub(row[3], 1, 7) ~= 'pacing:' then rows[#rows + 1] = row end
+      if actual[row[2]] and string.sub(row[3], 1, 7) ~= 'pacing:' then
+        for j = 1, 4 do R[#R + 1] = row[j] end
+      end
     end
   end
+  first, last = 1, #R
 end
 
 local function num(x) return string.format('%.17g', x) end
 
 -- Calendar windows whose period has ended need bounds from the client; checked before any write.
 local bounds
-for _, row in ipairs(rows) do
-  local wkey = row[3]
+for i = first, last, 4 do
+  local wkey = R[i + 2]
   if string.sub(wkey, 1, 9) == 'calendar:' then
     if not bounds then
       bounds = {}
@@ -108,7 +116,7 @@ for _, row in ipairs(rows) do
         bounds[key] = {tonumber(start), tonumber(stop)}
       end
     end
-    local stop = redis.call('HGET', skeys[row[1]], 'me:' .. row[2] .. '|' .. wkey)
+    local stop = redis.call('HGET', skeys[tonumber(R[i])], 'me:' .. R[i + 1] .. '|' .. wkey)
     local b = bounds[wkey]
     if now >= (tonumber(stop) or 0) and (not b or now < b[1] or now >= b[2]) then
       return {'bounds', wkey, now_text}
@@ -128,22 +136,21 @@ if hold then
 end
 
 -- Record the usage on every scope; lifetime limits read the new totals.
+-- totals[dim][k] is the new lifetime total of dim on scope k.
 local totals = {}
-for k, s in ipairs(skeys) do
-  local scope_totals = {}
-  for _, dim in ipairs(dims) do
-    scope_totals[dim] = redis.call('HINCRBY', s, 'u:' .. dim, actual_texts[dim])
-  end
-  totals[k] = scope_totals
+for i = 9, 7 + 2 * D, 2 do
+  local name, amount, by_scope = 'u:' .. ARGV[i], ARGV[i + 1], {}
+  for k, s in ipairs(skeys) do by_scope[k] = redis.call('HINCRBY', s, name, amount) end
+  totals[ARGV[i]] = by_scope
 end
 
 local over = {}
-for _, row in ipairs(rows) do
-  local k, dim, wkey, max = row[1], row[2], row[3], row[4]
+for i = first, last, 4 do
+  local k, dim, wkey, max = tonumber(R[i]), R[i + 1], R[i + 2], tonumber(R[i + 3])
   local s, field = skeys[k], dim .. '|' .. wkey
   local used
   if wkey == 'lifetime' then
-    used = totals[k][dim]
+    used = totals[dim][k]
   elseif string.sub(wkey, 1, 8) == 'rolling:' then
     -- ledger.lua's refresh, then add_to_meter.
     local seconds, gran = string.match(wkey, '^rolling:(%d+):(%d+)$')
@@ -196,8 +203,8 @@ end
 
 local over_text = table.concat(over, '\n')
 local late_text = late and '1' or '0'
-redis.call('HSET', record_key, 'state', 'committed', 'path', path, 'actual', ARGV[4], 'at', now_text,
-  'late', late_text, 'overruns', over_text, 'metadata', ARGV[5])
+redis.call('HSET', record_key, 'state', 'committed', 'v',
+  path .. '\n' .. ARGV[4] .. '\n' .. now_text .. '\n' .. late_text .. '\n' .. ARGV[5] .. '\n' .. over_text)
 redis.call('EXPIRE', record_key, 7 * 86400)
 local reply = {'committed', path, now_text, late_text, over_text}
 if learned then
