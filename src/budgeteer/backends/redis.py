@@ -43,7 +43,15 @@ from budgeteer.errors import BudgeteerError, InvalidInput, ReservationSettled, U
 from budgeteer.ledger._core import window_of
 from budgeteer.model import LimitState
 
+_hiredis_pack: Any
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis comes with the [redis] extra
+    _hiredis_pack = None
+
 _OPTIONS = {"time", "prefix", "cluster"}
+_forks = [0]  # how many forks this process descends from: a child opens its own connections
+os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 _CACHED_PATHS = 4096
 """Paths whose limits a backend caches; the cache starts again empty when it is full."""
 _OPEN_RESERVATIONS = 65536
@@ -205,12 +213,16 @@ class _RedisCore:
             plan = self._plan(path, amounts, False)
         else:
             return _denial(reply)
-        return tuple(
-            LimitState(scope, dimension, window_key, max_units, reply[i], reply[i + 1])
-            for (scope, dimension, window_key, max_units), i in zip(
-                plan[2], range(start, len(reply), 2), strict=True
+        if len(reply) - start != 2 * len(plan[2]):
+            raise RuntimeError(f"reserve.lua answered {reply!r} for {len(plan[2])} limits")
+        states = []
+        i = start
+        for scope, dimension, window_key, max_units in plan[2]:
+            states.append(
+                LimitState(scope, dimension, window_key, max_units, reply[i], reply[i + 1])
             )
-        )
+            i += 2
+        return tuple(states)
 
     def _remember(self, reservation_id: str, path: str) -> None:
         if len(self._open) >= _OPEN_RESERVATIONS:  # holds that were never settled
@@ -443,36 +455,42 @@ class _DirectScript:
         self._no_script = redis.exceptions.NoScriptError
         self._broken = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
-    def _connection(self) -> Any:
-        pid = os.getpid()
+    def _connection(self) -> tuple[Any, Any]:
+        """This thread's connection, and hiredis' packer if it encodes as the connection would."""
         held = getattr(self._local, "held", None)
-        if held is not None and held[0] == pid:
-            return held[1]
+        if held is not None and held[0] == _forks[0]:
+            return held[1], held[2]
         connection = self._pool.get_connection()
-        self._local.held = (pid, connection)
+        encoder = connection.encoder
+        utf8 = encoder.encoding.lower().replace("-", "") == "utf8"
+        pack = _hiredis_pack if utf8 and encoder.encoding_errors == "strict" else None
+        self._local.held = (_forks[0], connection, pack)
         with self._taken_lock:
             self._taken.append(connection)
-        return connection
+        return connection, pack
 
     def __call__(self, keys: Sequence[str], args: Sequence[object]) -> Any:
         for attempt in range(2):
-            connection = self._connection()
+            connection, pack = self._connection()
             try:
-                return self._evalsha(connection, keys, args)
+                command = ("EVALSHA", self._sha, len(keys), *keys, *args)
+                return self._evalsha(connection, pack, command)
             except self._broken:
                 connection.disconnect()
                 if attempt:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _evalsha(self, connection: Any, keys: Sequence[str], args: Sequence[object]) -> Any:
+    def _evalsha(self, connection: Any, pack: Any, command: tuple[Any, ...]) -> Any:
         try:
-            connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            # hiredis packs the command in C, without redis-py's per-command wrapper.
+            packed = [pack(command)] if pack is not None else connection.pack_command(*command)
+            connection.send_packed_command(packed)
             return connection.read_response()
         except self._no_script:
             connection.send_command("SCRIPT", "LOAD", self._text)
             connection.read_response()
-            connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            connection.send_command(*command)
             return connection.read_response()
 
     def close(self) -> None:
@@ -656,7 +674,7 @@ _COMMIT_RETRY: dict[str, Any] = {
 
 
 def _encode(units: Mapping[str, int]) -> str:
-    return ",".join(f"{name}={amount}" for name, amount in units.items())
+    return ",".join([f"{name}={amount}" for name, amount in units.items()])
 
 
 def _decode(text: bytes) -> dict[str, int]:
