@@ -33,7 +33,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -60,7 +60,25 @@ _OPEN_RESERVATIONS = 65536
 _Limits = tuple[tuple[int, str, str, int], ...]
 """Every limit on a path: (scope number, 1 = top), dimension, window key, max; in the scripts'
 order (by scope, then by "dimension|window")."""
-_Plan = tuple[bytes, list[Any], tuple[tuple[str, str, str, int], ...]]
+
+
+class _Tail(NamedTuple):
+    """The last script arguments of a call, the same on every call for a path: as a list, and
+    packed once as RESP bulk strings (empty without hiredis) to be appended to each command."""
+
+    args: list[Any]
+    packed: bytes
+
+
+def _tail(args: list[Any]) -> _Tail:
+    if _hiredis_pack is None or not args:
+        return _Tail(args, b"")
+    packed: bytes = _hiredis_pack(tuple(args))
+    return _Tail(args, packed[packed.index(b"\r\n") + 2 :])
+
+
+_NO_TAIL = _Tail([], b"")
+_Plan = tuple[bytes, _Tail, tuple[tuple[str, str, str, int], ...]]
 """A limits version, the script arguments naming the limits on some dimensions, and those
 limits as (scope, dimension, window key, max)."""
 
@@ -161,13 +179,13 @@ class _RedisCore:
         scopes = path_prefixes(path)
         args: list[Any] = [] if commit else [f"{self._key(path)}:s:{scope}" for scope in scopes]
         if known is None:
-            return b"", args, ()
+            return b"", _tail(args), ()
         labels = []
         for number, dimension, window_key, max_units in known[1]:
             if dimension in amounts and not (commit and window_key.startswith("pacing:")):
                 args += (number, dimension, window_key, max_units)
                 labels.append((scopes[number - 1], dimension, window_key, max_units))
-        plan = (known[0], args, tuple(labels))
+        plan = (known[0], _tail(args), tuple(labels))
         if len(self._plans) >= _CACHED_PATHS:
             self._plans.clear()
         self._plans[key] = plan
@@ -192,13 +210,13 @@ class _RedisCore:
         ttl_s: float,
         plan: _Plan,
     ) -> list[Any]:
-        """reserve.lua's arguments after the leading two (see its header)."""
+        """reserve.lua's arguments after the leading two (see its header), but for the plan's
+        tail: the scopes' hash keys, then the limits."""
         args: list[Any] = [
             reservation_id, path, _encode(amounts), repr(ttl_s), plan[0], len(amounts), len(scopes)
         ]  # fmt: skip
         for pair in amounts.items():
             args += pair
-        args += plan[1]  # the scopes' hash keys, then the limits
         return args
 
     def _reserve_result(
@@ -231,18 +249,17 @@ class _RedisCore:
 
     def _commit_args(
         self, reservation_id: str, actual: Mapping[str, int], metadata: Mapping[str, str]
-    ) -> list[Any]:
-        """commit.lua's arguments after the leading two (see its header)."""
+    ) -> tuple[list[Any], _Tail]:
+        """commit.lua's arguments after the leading two (see its header), and the limits."""
         path = self._open.get(reservation_id)
-        version, rows, _ = self._plan(path, actual, True) if path else (b"", [], ())
+        version, rows, _ = self._plan(path, actual, True) if path else (b"", _NO_TAIL, ())
         meta = json.dumps(dict(metadata)) if metadata else "{}"
         args: list[Any] = [
             reservation_id, _encode(actual), meta, path or "", version, len(actual)
         ]  # fmt: skip
         for pair in actual.items():
             args += pair
-        args += rows
-        return args
+        return args, rows
 
     def _commit_result(
         self,
@@ -280,12 +297,12 @@ class _RedisCore:
         amounts: Mapping[str, int],
         now: float,
         expect_limits: int,
-    ) -> dict[str, list[Any]]:
+    ) -> tuple[list[str], list[Any]]:
         args: list[Any] = ["" if self._server_time else repr(now), expect_limits, len(amounts)]
         for pair in amounts.items():
             args += pair
         args += scopes
-        return {"keys": [self._key(scopes[0])], "args": args}
+        return [self._key(scopes[0])], args
 
     def _needs_bounds(self, reply: Any, now: float) -> float | None:
         """The time to compute bounds for, if the script asked for a calendar window's bounds."""
@@ -333,13 +350,23 @@ class RedisBackend(_RedisCore):
         call = self._script if self._direct is None else self._direct
         return self._eval(call, path, (op,), now, args)
 
-    def _eval(self, call: Any, path: str, head: tuple[str, ...], now: float, args: Any) -> Any:
-        """Run a script on ``path``'s hierarchy with ARGV ``head``, "now", bounds, ``args``;
-        retry with the bounds the server asked for (see module doc)."""
+    def _eval(
+        self,
+        call: Any,
+        path: str,
+        head: tuple[str, ...],
+        now: float,
+        args: Any,
+        tail: _Tail = _NO_TAIL,
+    ) -> Any:
+        """Run a script on ``path``'s hierarchy with ARGV ``head``, "now", bounds, ``args``,
+        ``tail``; retry with the bounds the server asked for (see module doc)."""
         keys = [self._key(path)]
+        direct = type(call) is _DirectScript
         when = now
         for _ in range(3):
-            reply = call(keys, [*head, *self._stamp(when), *args])
+            argv = [*head, *self._stamp(when), *args]
+            reply = call(keys, argv, tail) if direct else call(keys, [*argv, *tail.args])
             next_when = self._needs_bounds(reply, now)
             if next_when is None:
                 return reply
@@ -366,7 +393,7 @@ class RedisBackend(_RedisCore):
     ) -> tuple[LimitState, ...] | Denial:
         plan = self._plan(path, amounts, False)
         args = self._reserve_args(reservation_id, path, scopes, amounts, expires_at - now, plan)
-        reply = self._eval(self._direct_reserve, path, (), now, args)
+        reply = self._eval(self._direct_reserve, path, (), now, args, plan[1])
         result = self._reserve_result(reply, path, amounts, plan)
         if not isinstance(result, Denial):
             self._remember(reservation_id, path)
@@ -381,7 +408,7 @@ class RedisBackend(_RedisCore):
         expect_limits: int = -1,
     ) -> tuple[LimitState, ...] | Denial | None:
         call = self._admit_script if self._direct_admit is None else self._direct_admit
-        reply = call(**self._admit_args(scopes, amounts, now, expect_limits))
+        reply = call(*self._admit_args(scopes, amounts, now, expect_limits))
         if reply[0] == b"fallback":  # a calendar window or a due hold: the full script
             reply = self._run(path, "admit", now, path, _encode(amounts), expect_limits)
         return _admit_result(reply)
@@ -396,8 +423,8 @@ class RedisBackend(_RedisCore):
         now: float,
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
-        args = self._commit_args(reservation_id, actual, metadata)
-        reply = self._eval(self._direct_commit, _root_of(reservation_id), (), now, args)
+        args, tail = self._commit_args(reservation_id, actual, metadata)
+        reply = self._eval(self._direct_commit, _root_of(reservation_id), (), now, args, tail)
         return self._commit_result(reply, reservation_id, actual, metadata)
 
     def charge(
@@ -469,28 +496,35 @@ class _DirectScript:
             self._taken.append(connection)
         return connection, pack
 
-    def __call__(self, keys: Sequence[str], args: Sequence[object]) -> Any:
+    def __call__(self, keys: Sequence[str], args: Sequence[object], tail: _Tail = _NO_TAIL) -> Any:
         for attempt in range(2):
             connection, pack = self._connection()
             try:
                 command = ("EVALSHA", self._sha, len(keys), *keys, *args)
-                return self._evalsha(connection, pack, command)
+                return self._evalsha(connection, pack, command, tail)
             except self._broken:
                 connection.disconnect()
                 if attempt:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _evalsha(self, connection: Any, pack: Any, command: tuple[Any, ...]) -> Any:
+    def _evalsha(self, connection: Any, pack: Any, command: tuple[Any, ...], tail: _Tail) -> Any:
         try:
-            # hiredis packs the command in C, without redis-py's per-command wrapper.
-            packed = [pack(command)] if pack is not None else connection.pack_command(*command)
-            connection.send_packed_command(packed)
+            if pack is not None and (tail.packed or not tail.args):
+                # hiredis packs the command in C, without redis-py's per-command wrapper; the
+                # tail was packed once, so only the header's argument count changes.
+                packed = pack(command)
+                if tail.args:
+                    body = packed[packed.index(b"\r\n") + 2 :]
+                    packed = b"*%d\r\n%b%b" % (len(command) + len(tail.args), body, tail.packed)
+                connection.send_packed_command([packed])
+            else:
+                connection.send_packed_command(connection.pack_command(*command, *tail.args))
             return connection.read_response()
         except self._no_script:
             connection.send_command("SCRIPT", "LOAD", self._text)
             connection.read_response()
-            connection.send_command(*command)
+            connection.send_command(*command, *tail.args)
             return connection.read_response()
 
     def close(self) -> None:
@@ -516,13 +550,19 @@ class AsyncRedisBackend(_RedisCore):
         return await self._eval(self._script, path, (op,), now, args)
 
     async def _eval(
-        self, call: Any, path: str, head: tuple[str, ...], now: float, args: Any
+        self,
+        call: Any,
+        path: str,
+        head: tuple[str, ...],
+        now: float,
+        args: Any,
+        tail: _Tail = _NO_TAIL,
     ) -> Any:
         """See ``RedisBackend._eval``."""
         keys = [self._key(path)]
         when = now
         for _ in range(3):
-            reply = await call(keys, [*head, *self._stamp(when), *args])
+            reply = await call(keys, [*head, *self._stamp(when), *args, *tail.args])
             next_when = self._needs_bounds(reply, now)
             if next_when is None:
                 return reply
@@ -550,7 +590,7 @@ class AsyncRedisBackend(_RedisCore):
     ) -> tuple[LimitState, ...] | Denial:
         plan = self._plan(path, amounts, False)
         args = self._reserve_args(reservation_id, path, scopes, amounts, expires_at - now, plan)
-        reply = await self._eval(self._reserve_script, path, (), now, args)
+        reply = await self._eval(self._reserve_script, path, (), now, args, plan[1])
         result = self._reserve_result(reply, path, amounts, plan)
         if not isinstance(result, Denial):
             self._remember(reservation_id, path)
@@ -564,7 +604,7 @@ class AsyncRedisBackend(_RedisCore):
         now: float,
         expect_limits: int = -1,
     ) -> tuple[LimitState, ...] | Denial | None:
-        reply = await self._admit_script(**self._admit_args(scopes, amounts, now, expect_limits))
+        reply = await self._admit_script(*self._admit_args(scopes, amounts, now, expect_limits))
         if reply[0] == b"fallback":
             reply = await self._run(path, "admit", now, path, _encode(amounts), expect_limits)
         return _admit_result(reply)
@@ -579,12 +619,12 @@ class AsyncRedisBackend(_RedisCore):
         now: float,
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
-        args = self._commit_args(reservation_id, actual, metadata)
+        args, tail = self._commit_args(reservation_id, actual, metadata)
         root = _root_of(reservation_id)
         # Idempotent by id, so retrying a commit whose reply was lost never counts twice.
         async for attempt in AsyncRetrying(**_COMMIT_RETRY):
             with attempt:
-                reply = await self._eval(self._commit_script, root, (), now, args)
+                reply = await self._eval(self._commit_script, root, (), now, args, tail)
         return self._commit_result(reply, reservation_id, actual, metadata)
 
     async def charge(
