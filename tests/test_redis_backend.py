@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from decimal import Decimal
 
 import pytest
 import redis
@@ -221,4 +222,16 @@ def test_a_shorter_hold_lowers_the_expiry_bound_and_is_reclaimed_on_time(
         ledger.reserve(f"{ORG}/run:z", Usage(requests=1), ttl_s=100)
     clock.advance(90)
     ledger.reserve(f"{ORG}/run:z", Usage(requests=2), ttl_s=100)  # the two first are reclaimed
+    ledger.close()
+
+
+def test_overruns_of_fifteen_digits_and_more_are_exact(server_url: str) -> None:
+    # Lua writes a number into a string with %.14g; the scripts format these counters themselves.
+    ledger = Ledger(server_url)
+    ledger.set_limit(ORG, Limit("cost_usd", 100_000))  # 1e14 nano-dollars
+    charged = ledger.charge(f"{ORG}/run:1", Usage(cost_usd="100000.000000001"))
+    assert charged.overruns[0].used == Decimal("100000.000000001")
+    hold = ledger.reserve(f"{ORG}/run:2", Usage(requests=1))
+    committed = ledger.commit(hold, Usage(cost_usd="0.000000002"))
+    assert committed.overruns[0].used == Decimal("100000.000000003")
     ledger.close()
