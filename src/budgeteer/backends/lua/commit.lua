@@ -59,11 +59,8 @@ else
 end
 
 local D = tonumber(ARGV[8])
-local actual, actual_texts = {}, {}
-for i = 9, 7 + 2 * D, 2 do
-  actual_texts[ARGV[i]] = ARGV[i + 1]
-  actual[ARGV[i]] = tonumber(ARGV[i + 1])
-end
+local actual_texts = {}  -- parsed only where a number is needed (a rolling window)
+for i = 9, 7 + 2 * D, 2 do actual_texts[ARGV[i]] = ARGV[i + 1] end
 
 local scopes, skeys = {}, {}
 local acc
@@ -95,7 +92,7 @@ else
       local bar = string.find(f[1], '|', 1, true)
       local row = {k, string.sub(f[1], 1, bar - 1), string.sub(f[1], bar + 1), f[2]}
       for j = 1, 4 do learned[#learned + 1] = row[j] end
-      if actual[row[2]] and string.sub(row[3], 1, 7) ~= 'pacing:' then
+      if actual_texts[row[2]] and string.sub(row[3], 1, 7) ~= 'pacing:' then
         for j = 1, 4 do R[#R + 1] = row[j] end
       end
     end
@@ -176,7 +173,7 @@ for i = first, last, 4 do
         redis.call('HSET', s, 'mh:' .. field, cutoff)
       end
     end
-    used = used + actual[dim]
+    used = used + tonumber(actual_texts[dim])
     local index = math.floor(now / gran)
     if newest and newest >= index then index = newest end  -- a clock that stepped back
     redis.call('HINCRBY', s, 'b:' .. field .. '|' .. index, actual_texts[dim])
