@@ -51,7 +51,8 @@ except ImportError:  # pragma: no cover - hiredis comes with the [redis] extra
 
 _OPTIONS = {"time", "prefix", "cluster"}
 _forks = [0]  # how many forks this process descends from: a child opens its own connections
-os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 _CACHED_PATHS = 4096
 """Paths whose limits a backend caches; the cache starts again empty when it is full."""
 _OPEN_RESERVATIONS = 65536
