@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from decimal import Decimal
 
 import pytest
 import redis
@@ -163,3 +164,74 @@ def test_a_forked_child_uses_its_own_connection(server_url: str) -> None:
 def _charge_five(ledger: Ledger) -> None:
     for _ in range(5):
         ledger.charge(f"{ORG}/run:child", Usage(requests=1))
+
+
+def test_a_limit_changed_by_another_process_applies_to_the_next_reserve_and_commit(
+    server_url: str,
+) -> None:
+    # Each backend caches a path's limits under the hierarchy's limits version; a change made
+    # elsewhere bumps it, so the cached copy is never used once stale.
+    cached, other = Ledger(server_url), Ledger(server_url)
+    run = f"{ORG}/team:t/run:1"
+    other.set_limit(ORG, Limit("requests", 10))
+    hold = cached.reserve(run, Usage(requests=2))  # learns the limits
+    cached.commit(cached.reserve(run, Usage(requests=1)), Usage(requests=1))  # uses the cache
+    other.set_limit(f"{ORG}/team:t", Limit("requests", 3))
+    with pytest.raises(BudgetExceeded) as refused:
+        cached.reserve(run, Usage(requests=1))
+    assert (refused.value.scope, refused.value.used, refused.value.held) == (f"{ORG}/team:t", 1, 2)
+    # The commit checks overruns against the new limit too.
+    charge = cached.commit(hold, Usage(requests=3))
+    assert [(o.scope, o.used) for o in charge.overruns] == [(f"{ORG}/team:t", 4)]
+    assert other.remove_limit(f"{ORG}/team:t", "requests")
+    assert [s.max_units for s in cached.reserve(run, Usage(requests=1)).limit_states] == [10]
+
+
+def test_a_commit_from_another_process_and_after_a_prune_uses_the_current_limits(
+    server_url: str, redis_url: str
+) -> None:
+    first, second = Ledger(server_url), Ledger(server_url)
+    run = f"{ORG}/run:1"
+    first.set_limit(ORG, Limit("requests", 5))
+    hold = first.reserve(run, Usage(requests=1))
+    assert second.commit(hold.id, Usage(requests=6)).overruns[0].used == 6  # path unknown there
+    # Every key gone, then a different limit: the version starts afresh, never reused.
+    client = redis.Redis.from_url(redis_url)
+    prefix = server_url.split("prefix=")[1]
+    client.delete(*client.scan_iter(match=f"{prefix}:*"))
+    second.set_limit(ORG, Limit("requests", 1))
+    first.reserve(run, Usage(requests=1))
+    with pytest.raises(BudgetExceeded):
+        first.reserve(run, Usage(requests=1))
+    client.close()
+
+
+def test_a_shorter_hold_lowers_the_expiry_bound_and_is_reclaimed_on_time(
+    redis_url: str,
+) -> None:
+    # reserve.lua scans the expiry set only once the bound of the soonest expiry has passed.
+    clock = FakeClock()
+    ledger = Ledger(f"{redis_url}?time=client&prefix=ne{secrets.token_hex(6)}", clock=clock)
+    ledger.set_limit(ORG, Limit("requests", 3))
+    ledger.reserve(f"{ORG}/run:long", Usage(requests=1), ttl_s=100)
+    ledger.reserve(f"{ORG}/run:short", Usage(requests=1), ttl_s=10)
+    ledger.reserve(f"{ORG}/run:x", Usage(requests=1), ttl_s=100)
+    clock.advance(10)
+    ledger.reserve(f"{ORG}/run:y", Usage(requests=1), ttl_s=100)  # the short hold is reclaimed
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve(f"{ORG}/run:z", Usage(requests=1), ttl_s=100)
+    clock.advance(90)
+    ledger.reserve(f"{ORG}/run:z", Usage(requests=2), ttl_s=100)  # the two first are reclaimed
+    ledger.close()
+
+
+def test_overruns_of_fifteen_digits_and_more_are_exact(server_url: str) -> None:
+    # Lua writes a number into a string with %.14g; the scripts format these counters themselves.
+    ledger = Ledger(server_url)
+    ledger.set_limit(ORG, Limit("cost_usd", 100_000))  # 1e14 nano-dollars
+    charged = ledger.charge(f"{ORG}/run:1", Usage(cost_usd="100000.000000001"))
+    assert charged.overruns[0].used == Decimal("100000.000000001")
+    hold = ledger.reserve(f"{ORG}/run:2", Usage(requests=1))
+    committed = ledger.commit(hold, Usage(cost_usd="0.000000002"))
+    assert committed.overruns[0].used == Decimal("100000.000000003")
+    ledger.close()

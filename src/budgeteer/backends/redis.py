@@ -1,9 +1,18 @@
 """``redis://host:port/db`` (and ``rediss://``): one budget shared by every process on every host.
 
-Every operation is one run of one Lua script (``lua/ledger.lua``, shipped as package data) and
-one round trip: the whole reserve — every limit of every scope on the path — is checked and held
-atomically on the server. All keys of one hierarchy share a Cluster hash tag (the path's first
-segment), so the script stays atomic on Redis Cluster too.
+Every operation is one run of one Lua script (shipped as package data) and one round trip: the
+whole reserve — every limit of every scope on the path — is checked and held atomically on the
+server. The hot operations have lean scripts of their own (``lua/reserve.lua``,
+``lua/commit.lua``, and ``lua/admit.lua`` for the rate limiter), because Redis runs a script's
+whole chunk on every call; ``lua/ledger.lua`` runs the others, on the same keys with the same
+rules. All keys of one hierarchy share a Cluster hash tag (the path's first segment), so every
+script stays atomic on Redis Cluster too.
+
+Each backend caches the limits of the paths it reserves on, under the hierarchy's limits
+version (a key every limit change bumps), and sends them with a reserve or commit; the script
+uses them only if the version is still current, and otherwise reads the limits itself and
+returns them with the new version. So a limit set by any process applies to the very next
+operation, while the common case skips reading every scope's limits on the server.
 
 Time: by default the script reads the server's ``TIME``, so hosts with skewed clocks agree on
 windows and TTLs. ``?time=client`` uses the ledger's clock instead (tests drive it with a fake
@@ -24,17 +33,55 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from budgeteer.backends.base import CommitOutcome, Denial, ScopeMeters
+from budgeteer.backends.base import CommitOutcome, Denial, ScopeMeters, path_prefixes
 from budgeteer.errors import BudgeteerError, InvalidInput, ReservationSettled, UnknownReservation
 from budgeteer.ledger._core import window_of
 from budgeteer.model import LimitState
 
+_hiredis_pack: Any
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis comes with the [redis] extra
+    _hiredis_pack = None
+
 _OPTIONS = {"time", "prefix", "cluster"}
+_forks = [0]  # how many forks this process descends from: a child opens its own connections
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
+_CACHED_PATHS = 4096
+"""Paths whose limits a backend caches; the cache starts again empty when it is full."""
+_OPEN_RESERVATIONS = 65536
+"""Reservations whose path a backend remembers for their commit (ids of this process only)."""
+
+_Limits = tuple[tuple[int, str, str, int], ...]
+"""Every limit on a path: (scope number, 1 = top), dimension, window key, max; in the scripts'
+order (by scope, then by "dimension|window")."""
+
+
+class _Tail(NamedTuple):
+    """The last script arguments of a call, the same on every call for a path: as a list, and
+    packed once as RESP bulk strings (empty without hiredis) to be appended to each command."""
+
+    args: list[Any]
+    packed: bytes
+
+
+def _tail(args: list[Any]) -> _Tail:
+    if _hiredis_pack is None or not args:
+        return _Tail(args, b"")
+    packed: bytes = _hiredis_pack(tuple(args))
+    return _Tail(args, packed[packed.index(b"\r\n") + 2 :])
+
+
+_NO_TAIL = _Tail([], b"")
+_Plan = tuple[bytes, _Tail, tuple[tuple[str, str, str, int], ...]]
+"""A limits version, the script arguments naming the limits on some dimensions, and those
+limits as (scope, dimension, window key, max)."""
 
 
 def _script_text(name: str = "ledger") -> str:
@@ -92,26 +139,158 @@ class _RedisCore:
                 else redis.Redis.from_url(client_url)
             )
         self._script = self._client.register_script(_script_text())
-        # The rate limiter's hot path: a lean script for admit (see lua/admit.lua).
+        # The hot paths' lean scripts (see the module docstring).
+        self._reserve_script = self._client.register_script(_script_text("reserve"))
+        self._commit_script = self._client.register_script(_script_text("commit"))
         self._admit_script = self._client.register_script(_script_text("admit"))
         # Calendar windows seen so far; their period bounds go with every call (see module doc).
         self._calendar: set[str] = set()
         self._lock = threading.Lock()
+        # The limits cache (see the module docstring). Plain dicts: a lost race only makes a
+        # script read the limits itself once more.
+        self._path_limits: dict[str, tuple[bytes, _Limits]] = {}
+        self._plans: dict[tuple[str, tuple[str, ...], bool], _Plan] = {}
+        self._open: dict[str, str] = {}  # reservation id -> path, until its commit or release
 
     def _key(self, path: str) -> str:
         return f"{self._prefix}:{{{path.split('/', 1)[0]}}}"
 
-    def _call_args(
-        self, path: str, op: str, now: float, args: tuple[str | int | float, ...]
-    ) -> dict[str, list[Any]]:
+    def _stamp(self, now: float) -> tuple[str, str]:
+        """The leading script arguments: "now" ("" for the server's TIME) and calendar bounds."""
         stamp = "" if self._server_time else repr(now)
+        if not self._calendar:  # read without the lock: a key added meanwhile is asked for again
+            return stamp, ""
         with self._lock:
             keys = tuple(self._calendar)
         bounds = []
         for key in keys:
             start, end = window_of(key).period_bounds(now)
             bounds.append(f"{key}={start!r}:{end!r}")
-        return {"keys": [self._key(path)], "args": [op, stamp, ";".join(bounds), *args]}
+        return stamp, ";".join(bounds)
+
+    def _plan(self, path: str, amounts: Mapping[str, int], commit: bool) -> _Plan:
+        """The script arguments for the cached limits of ``path`` on the dimensions of
+        ``amounts``: for a reserve, after the scopes' hash keys; for a commit, without pacing
+        limits (which pace admissions only). An empty version if the path's are not known."""
+        key = (path, tuple(amounts), commit)
+        plan = self._plans.get(key)
+        known = self._path_limits.get(path)
+        if plan is not None and known is not None and plan[0] is known[0]:
+            return plan
+        scopes = path_prefixes(path)
+        args: list[Any] = [] if commit else [f"{self._key(path)}:s:{scope}" for scope in scopes]
+        if known is None:
+            return b"", _tail(args), ()
+        labels = []
+        for number, dimension, window_key, max_units in known[1]:
+            if dimension in amounts and not (commit and window_key.startswith("pacing:")):
+                args += (number, dimension, window_key, max_units)
+                labels.append((scopes[number - 1], dimension, window_key, max_units))
+        plan = (known[0], _tail(args), tuple(labels))
+        if len(self._plans) >= _CACHED_PATHS:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def _learn(self, path: str, version: bytes, flat: Sequence[Any]) -> None:
+        """Cache the limits a script sent back with the current version."""
+        limits = tuple(
+            (flat[i], flat[i + 1].decode(), flat[i + 2].decode(), flat[i + 3])
+            for i in range(0, len(flat), 4)
+        )
+        if len(self._path_limits) >= _CACHED_PATHS:
+            self._path_limits.clear()
+        self._path_limits[path] = (version, limits)
+
+    def _reserve_args(
+        self,
+        reservation_id: str,
+        path: str,
+        scopes: tuple[str, ...],
+        amounts: Mapping[str, int],
+        ttl_s: float,
+        plan: _Plan,
+    ) -> list[Any]:
+        """reserve.lua's arguments after the leading two (see its header), but for the plan's
+        tail: the scopes' hash keys, then the limits."""
+        args: list[Any] = [
+            reservation_id, path, _encode(amounts), repr(ttl_s), plan[0], len(amounts), len(scopes)
+        ]  # fmt: skip
+        for pair in amounts.items():
+            args += pair
+        return args
+
+    def _reserve_result(
+        self, reply: Any, path: str, amounts: Mapping[str, int], plan: _Plan
+    ) -> tuple[LimitState, ...] | Denial:
+        status = reply[0]
+        if status == b"ok":
+            start = 1
+        elif status == b"ok+":  # the limits changed, or this backend did not know them
+            start = 3 + 4 * reply[2]
+            self._learn(path, reply[1], reply[3:start])
+            plan = self._plan(path, amounts, False)
+        else:
+            return _denial(reply)
+        if len(reply) - start != 2 * len(plan[2]):
+            raise RuntimeError(f"reserve.lua answered {reply!r} for {len(plan[2])} limits")
+        states = []
+        i = start
+        for scope, dimension, window_key, max_units in plan[2]:
+            states.append(
+                LimitState(scope, dimension, window_key, max_units, reply[i], reply[i + 1])
+            )
+            i += 2
+        return tuple(states)
+
+    def _remember(self, reservation_id: str, path: str) -> None:
+        if len(self._open) >= _OPEN_RESERVATIONS:  # holds that were never settled
+            self._open.clear()
+        self._open[reservation_id] = path
+
+    def _commit_args(
+        self, reservation_id: str, actual: Mapping[str, int], metadata: Mapping[str, str]
+    ) -> tuple[list[Any], _Tail]:
+        """commit.lua's arguments after the leading two (see its header), and the limits."""
+        path = self._open.get(reservation_id)
+        version, rows, _ = self._plan(path, actual, True) if path else (b"", _NO_TAIL, ())
+        meta = json.dumps(dict(metadata)) if metadata else "{}"
+        args: list[Any] = [
+            reservation_id, _encode(actual), meta, path or "", version, len(actual)
+        ]  # fmt: skip
+        for pair in actual.items():
+            args += pair
+        return args, rows
+
+    def _commit_result(
+        self,
+        reply: Any,
+        reservation_id: str,
+        actual: Mapping[str, int],
+        metadata: Mapping[str, str],
+    ) -> CommitOutcome:
+        status = reply[0]
+        if status == b"committed":  # the client has the usage and metadata it sent
+            path = reply[1].decode()
+            if len(reply) > 5:
+                self._learn(path, reply[5], reply[7:])
+            self._open.pop(reservation_id, None)
+            over = reply[4]
+            return CommitOutcome(
+                "committed",
+                path,
+                actual,
+                float(reply[2]),
+                _overruns(over) if over else (),
+                metadata,
+                reply[3] == b"1",
+            )
+        self._open.pop(reservation_id, None)
+        if status == b"unknown":
+            raise UnknownReservation(reservation_id)
+        if status == b"released":
+            raise ReservationSettled(reservation_id, "released", "commit")
+        return _outcome(reply, replayed=True)
 
     def _admit_args(
         self,
@@ -119,12 +298,12 @@ class _RedisCore:
         amounts: Mapping[str, int],
         now: float,
         expect_limits: int,
-    ) -> dict[str, list[Any]]:
+    ) -> tuple[list[str], list[Any]]:
         args: list[Any] = ["" if self._server_time else repr(now), expect_limits, len(amounts)]
         for pair in amounts.items():
             args += pair
         args += scopes
-        return {"keys": [self._key(scopes[0])], "args": args}
+        return [self._key(scopes[0])], args
 
     def _needs_bounds(self, reply: Any, now: float) -> float | None:
         """The time to compute bounds for, if the script asked for a calendar window's bounds."""
@@ -153,6 +332,11 @@ class RedisBackend(_RedisCore):
         super().__init__(url, asynchronous=False)
         cluster = not hasattr(self._client, "connection_pool")
         self._direct = None if cluster else _DirectScript(self._client, _script_text())
+        self._direct_reserve: Any = self._reserve_script
+        self._direct_commit: Any = self._commit_script
+        if not cluster:
+            self._direct_reserve = _DirectScript(self._client, _script_text("reserve"))
+            self._direct_commit = _DirectScript(self._client, _script_text("commit"))
         # A retried admit after a broken connection may count once more than it admitted: an
         # over-count, which only makes the limiter stricter, never lets more through.
         self._direct_admit = None if cluster else _DirectScript(self._client, _script_text("admit"))
@@ -163,16 +347,32 @@ class RedisBackend(_RedisCore):
         return cls(url)
 
     def _run(self, path: str, op: str, now: float, *args: str | int | float) -> Any:
-        """Run ``op``; retry with the bounds the server asked for (see module doc)."""
-        when = now
+        """Run ``op`` in ledger.lua; see ``_eval``."""
         call = self._script if self._direct is None else self._direct
+        return self._eval(call, path, (op,), now, args)
+
+    def _eval(
+        self,
+        call: Any,
+        path: str,
+        head: tuple[str, ...],
+        now: float,
+        args: Any,
+        tail: _Tail = _NO_TAIL,
+    ) -> Any:
+        """Run a script on ``path``'s hierarchy with ARGV ``head``, "now", bounds, ``args``,
+        ``tail``; retry with the bounds the server asked for (see module doc)."""
+        keys = [self._key(path)]
+        direct = type(call) is _DirectScript
+        when = now
         for _ in range(3):
-            reply = call(**self._call_args(path, op, when, args))
+            argv = [*head, *self._stamp(when), *args]
+            reply = call(keys, argv, tail) if direct else call(keys, [*argv, *tail.args])
             next_when = self._needs_bounds(reply, now)
             if next_when is None:
                 return reply
             when = next_when
-        raise RuntimeError(f"calendar bounds not accepted for {op} on {path!r}")
+        raise RuntimeError(f"calendar bounds not accepted on {path!r}")
 
     def set_limit(self, scope: str, dimension: str, window_key: str, max_units: int) -> None:
         self._run(scope, "set_limit", 0.0, scope, dimension, window_key, max_units)
@@ -192,11 +392,13 @@ class RedisBackend(_RedisCore):
         now: float,
         expires_at: float,
     ) -> tuple[LimitState, ...] | Denial:
-        del scopes  # the script derives them from the path
-        ttl = repr(expires_at - now)
-        return _reserve_result(
-            self._run(path, "reserve", now, reservation_id, path, _encode(amounts), ttl)
-        )
+        plan = self._plan(path, amounts, False)
+        args = self._reserve_args(reservation_id, path, scopes, amounts, expires_at - now, plan)
+        reply = self._eval(self._direct_reserve, path, (), now, args, plan[1])
+        result = self._reserve_result(reply, path, amounts, plan)
+        if not isinstance(result, Denial):
+            self._remember(reservation_id, path)
+        return result
 
     def admit(
         self,
@@ -207,7 +409,7 @@ class RedisBackend(_RedisCore):
         expect_limits: int = -1,
     ) -> tuple[LimitState, ...] | Denial | None:
         call = self._admit_script if self._direct_admit is None else self._direct_admit
-        reply = call(**self._admit_args(scopes, amounts, now, expect_limits))
+        reply = call(*self._admit_args(scopes, amounts, now, expect_limits))
         if reply[0] == b"fallback":  # a calendar window or a due hold: the full script
             reply = self._run(path, "admit", now, path, _encode(amounts), expect_limits)
         return _admit_result(reply)
@@ -222,11 +424,9 @@ class RedisBackend(_RedisCore):
         now: float,
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
-        meta = json.dumps(dict(metadata))
-        reply = self._run(
-            _root_of(reservation_id), "commit", now, reservation_id, _encode(actual), meta
-        )
-        return _commit_result(reply, reservation_id)
+        args, tail = self._commit_args(reservation_id, actual, metadata)
+        reply = self._eval(self._direct_commit, _root_of(reservation_id), (), now, args, tail)
+        return self._commit_result(reply, reservation_id, actual, metadata)
 
     def charge(
         self,
@@ -244,6 +444,7 @@ class RedisBackend(_RedisCore):
 
     def release(self, reservation_id: str, now: float) -> None:
         reply = self._run(_root_of(reservation_id), "release", now, reservation_id)
+        self._open.pop(reservation_id, None)
         _release_result(reply, reservation_id)
 
     def peek(self, scopes: tuple[str, ...], now: float) -> tuple[LimitState, ...]:
@@ -254,8 +455,8 @@ class RedisBackend(_RedisCore):
 
     def close(self) -> None:
         """Close the connection pool (and the connections the script calls keep)."""
-        for direct in (self._direct, self._direct_admit):
-            if direct is not None:
+        for direct in (self._direct, self._direct_admit, self._direct_reserve, self._direct_commit):
+            if isinstance(direct, _DirectScript):
                 direct.close()
         self._client.close()
 
@@ -282,36 +483,49 @@ class _DirectScript:
         self._no_script = redis.exceptions.NoScriptError
         self._broken = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
-    def _connection(self) -> Any:
-        pid = os.getpid()
+    def _connection(self) -> tuple[Any, Any]:
+        """This thread's connection, and hiredis' packer if it encodes as the connection would."""
         held = getattr(self._local, "held", None)
-        if held is not None and held[0] == pid:
-            return held[1]
+        if held is not None and held[0] == _forks[0]:
+            return held[1], held[2]
         connection = self._pool.get_connection()
-        self._local.held = (pid, connection)
+        encoder = connection.encoder
+        utf8 = encoder.encoding.lower().replace("-", "") == "utf8"
+        pack = _hiredis_pack if utf8 and encoder.encoding_errors == "strict" else None
+        self._local.held = (_forks[0], connection, pack)
         with self._taken_lock:
             self._taken.append(connection)
-        return connection
+        return connection, pack
 
-    def __call__(self, keys: Sequence[str], args: Sequence[object]) -> Any:
+    def __call__(self, keys: Sequence[str], args: Sequence[object], tail: _Tail = _NO_TAIL) -> Any:
         for attempt in range(2):
-            connection = self._connection()
+            connection, pack = self._connection()
             try:
-                return self._evalsha(connection, keys, args)
+                command = ("EVALSHA", self._sha, len(keys), *keys, *args)
+                return self._evalsha(connection, pack, command, tail)
             except self._broken:
                 connection.disconnect()
                 if attempt:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _evalsha(self, connection: Any, keys: Sequence[str], args: Sequence[object]) -> Any:
+    def _evalsha(self, connection: Any, pack: Any, command: tuple[Any, ...], tail: _Tail) -> Any:
         try:
-            connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            if pack is not None and (tail.packed or not tail.args):
+                # hiredis packs the command in C, without redis-py's per-command wrapper; the
+                # tail was packed once, so only the header's argument count changes.
+                packed = pack(command)
+                if tail.args:
+                    body = packed[packed.index(b"\r\n") + 2 :]
+                    packed = b"*%d\r\n%b%b" % (len(command) + len(tail.args), body, tail.packed)
+                connection.send_packed_command([packed])
+            else:
+                connection.send_packed_command(connection.pack_command(*command, *tail.args))
             return connection.read_response()
         except self._no_script:
             connection.send_command("SCRIPT", "LOAD", self._text)
             connection.read_response()
-            connection.send_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            connection.send_command(*command, *tail.args)
             return connection.read_response()
 
     def close(self) -> None:
@@ -334,14 +548,27 @@ class AsyncRedisBackend(_RedisCore):
 
     async def _run(self, path: str, op: str, now: float, *args: str | int | float) -> Any:
         """See ``RedisBackend._run``."""
+        return await self._eval(self._script, path, (op,), now, args)
+
+    async def _eval(
+        self,
+        call: Any,
+        path: str,
+        head: tuple[str, ...],
+        now: float,
+        args: Any,
+        tail: _Tail = _NO_TAIL,
+    ) -> Any:
+        """See ``RedisBackend._eval``."""
+        keys = [self._key(path)]
         when = now
         for _ in range(3):
-            reply = await self._script(**self._call_args(path, op, when, args))
+            reply = await call(keys, [*head, *self._stamp(when), *args, *tail.args])
             next_when = self._needs_bounds(reply, now)
             if next_when is None:
                 return reply
             when = next_when
-        raise RuntimeError(f"calendar bounds not accepted for {op} on {path!r}")
+        raise RuntimeError(f"calendar bounds not accepted on {path!r}")
 
     async def set_limit(self, scope: str, dimension: str, window_key: str, max_units: int) -> None:
         await self._run(scope, "set_limit", 0.0, scope, dimension, window_key, max_units)
@@ -362,11 +589,13 @@ class AsyncRedisBackend(_RedisCore):
         now: float,
         expires_at: float,
     ) -> tuple[LimitState, ...] | Denial:
-        del scopes
-        ttl = repr(expires_at - now)
-        return _reserve_result(
-            await self._run(path, "reserve", now, reservation_id, path, _encode(amounts), ttl)
-        )
+        plan = self._plan(path, amounts, False)
+        args = self._reserve_args(reservation_id, path, scopes, amounts, expires_at - now, plan)
+        reply = await self._eval(self._reserve_script, path, (), now, args, plan[1])
+        result = self._reserve_result(reply, path, amounts, plan)
+        if not isinstance(result, Denial):
+            self._remember(reservation_id, path)
+        return result
 
     async def admit(
         self,
@@ -376,7 +605,7 @@ class AsyncRedisBackend(_RedisCore):
         now: float,
         expect_limits: int = -1,
     ) -> tuple[LimitState, ...] | Denial | None:
-        reply = await self._admit_script(**self._admit_args(scopes, amounts, now, expect_limits))
+        reply = await self._admit_script(*self._admit_args(scopes, amounts, now, expect_limits))
         if reply[0] == b"fallback":
             reply = await self._run(path, "admit", now, path, _encode(amounts), expect_limits)
         return _admit_result(reply)
@@ -391,14 +620,13 @@ class AsyncRedisBackend(_RedisCore):
         now: float,
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
-        meta = json.dumps(dict(metadata))
+        args, tail = self._commit_args(reservation_id, actual, metadata)
+        root = _root_of(reservation_id)
         # Idempotent by id, so retrying a commit whose reply was lost never counts twice.
         async for attempt in AsyncRetrying(**_COMMIT_RETRY):
             with attempt:
-                reply = await self._run(
-                    _root_of(reservation_id), "commit", now, reservation_id, _encode(actual), meta
-                )
-        return _commit_result(reply, reservation_id)
+                reply = await self._eval(self._commit_script, root, (), now, args, tail)
+        return self._commit_result(reply, reservation_id, actual, metadata)
 
     async def charge(
         self,
@@ -416,6 +644,7 @@ class AsyncRedisBackend(_RedisCore):
 
     async def release(self, reservation_id: str, now: float) -> None:
         reply = await self._run(_root_of(reservation_id), "release", now, reservation_id)
+        self._open.pop(reservation_id, None)
         _release_result(reply, reservation_id)
 
     async def peek(self, scopes: tuple[str, ...], now: float) -> tuple[LimitState, ...]:
@@ -437,29 +666,21 @@ def _root_of(reservation_id: str) -> str:
     return root
 
 
-def _reserve_result(reply: Any) -> tuple[LimitState, ...] | Denial:
-    if reply[0] == b"deny":
-        scope, dimension, window_key = (x.decode() for x in reply[1:4])
-        max_units, used, held, requested = (int(x) for x in reply[4:8])
-        wait = reply[8].decode()
-        state = LimitState(scope, dimension, window_key, max_units, used, held)
-        return Denial(state, requested, float(wait) if wait else None)
-    return _states(reply[3:])
+def _denial(reply: Any) -> Denial:
+    """A script's {'deny', scope, dim, window, max, used, held, requested, retry_after, ...}."""
+    scope, dimension, window_key = (x.decode() for x in reply[1:4])
+    max_units, used, held, requested = (int(x) for x in reply[4:8])
+    wait = reply[8].decode()
+    state = LimitState(scope, dimension, window_key, max_units, used, held)
+    return Denial(state, requested, float(wait) if wait else None)
 
 
 def _admit_result(reply: Any) -> tuple[LimitState, ...] | Denial | None:
     if reply[0] == b"stale":
         return None
-    return _reserve_result(reply)
-
-
-def _commit_result(reply: Any, reservation_id: str) -> CommitOutcome:
-    status = reply[0]
-    if status == b"unknown":
-        raise UnknownReservation(reservation_id)
-    if status == b"released":
-        raise ReservationSettled(reservation_id, "released", "commit")
-    return _outcome(reply, replayed=status == b"replayed")
+    if reply[0] == b"deny":
+        return _denial(reply)
+    return _states(reply, 3)
 
 
 def _release_result(reply: Any, reservation_id: str) -> None:
@@ -494,7 +715,7 @@ _COMMIT_RETRY: dict[str, Any] = {
 
 
 def _encode(units: Mapping[str, int]) -> str:
-    return ",".join(f"{name}={amount}" for name, amount in units.items())
+    return ",".join([f"{name}={amount}" for name, amount in units.items()])
 
 
 def _decode(text: bytes) -> dict[str, int]:
@@ -505,7 +726,9 @@ def _decode(text: bytes) -> dict[str, int]:
     }
 
 
-def _states(flat: Sequence[Any]) -> tuple[LimitState, ...]:
+def _states(flat: Sequence[Any], start: int = 0) -> tuple[LimitState, ...]:
+    """Rows of scope, dimension, window, max, used, held from ``flat[start:]``; the scripts send
+    the numbers as integer replies."""
     return tuple(
         LimitState(
             flat[i].decode(),
@@ -515,23 +738,28 @@ def _states(flat: Sequence[Any]) -> tuple[LimitState, ...]:
             int(flat[i + 4]),
             int(flat[i + 5]),
         )
-        for i in range(0, len(flat), 6)
+        for i in range(start, len(flat), 6)
+    )
+
+
+def _overruns(over: bytes) -> tuple[LimitState, ...]:
+    if not over:
+        return ()
+    lines = over.decode().split("\n")
+    return tuple(
+        LimitState(lines[i], lines[i + 1], lines[i + 2], *(int(x) for x in lines[i + 3 : i + 6]))
+        for i in range(0, len(lines), 6)
     )
 
 
 def _outcome(reply: Sequence[Any], *, replayed: bool) -> CommitOutcome:
     _, path, actual, at, late, over, metadata = reply
-    lines = over.decode().split("\n") if over else []
-    overruns = tuple(
-        LimitState(lines[i], lines[i + 1], lines[i + 2], *(int(x) for x in lines[i + 3 : i + 6]))
-        for i in range(0, len(lines), 6)
-    )
     return CommitOutcome(
         "replayed" if replayed else "committed",
         path.decode(),
         _decode(actual),
         float(at),
-        overruns,
+        _overruns(over),
         json.loads(metadata) if metadata else {},
         late == b"1",
     )

@@ -9,12 +9,16 @@
 -- Python side enforces as the largest amount and limit. The rules mirror budgeteer.ledger._core:
 -- a request crosses a limit when used + held + requested > max.
 --
+-- reserve and commit have scripts of their own (reserve.lua, commit.lua) on the same keys.
+--
 -- Per scope S: hash P:s:S holds u:<dim> (lifetime used), h:<dim> (held) and windowed meters
 -- (m:<dim>|<window> used, ms:/me: a calendar period's bounds, mh:/ml: a rolling window's oldest
 -- and newest bucket, b:<dim>|<window>|<index> a bucket, pt:<dim>|<window> a pacing bucket's
 -- theoretical arrival time); hash P:l:S maps "<dim>|<window>" to the
 -- cap. P:holds maps a hold id to "path\ncreated\nexpires\namounts", P:expiry orders them by
 -- expiry, and P:r:<id> records a settled id (kept RETENTION seconds) for idempotent retries.
+-- P:lv is the hierarchy's limits version, bumped by every change to a P:l:S hash: clients cache
+-- a path's limits under it (see reserve.lua).
 
 local P = KEYS[1]
 local op = ARGV[1]
@@ -216,6 +220,15 @@ local function drop_hold(path, amounts)
   end
 end
 
+-- A new limits version; starting from the server's TIME in microseconds when there was none, so
+-- a version is never reused after a flush.
+local function bump_limits_version()
+  if redis.call('INCR', P .. ':lv') == 1 then
+    local t = redis.call('TIME')
+    redis.call('SET', P .. ':lv', t[1] .. string.sub('00000' .. t[2], -6))
+  end
+end
+
 local function settle_record(id, fields)
   redis.call('HSET', rkey(id), unpack(fields))
   redis.call('EXPIRE', rkey(id), RETENTION)
@@ -257,9 +270,11 @@ local function record(path, actual, order)
           add_to_meter(scope, dim, wkey, window, amount)
           used = tonumber(redis.call('HGET', s, 'm:' .. dim .. '|' .. wkey))
         end
-        if used > max then
+        if used > max then  -- formatted here: table.concat would write 15+ digits as %.14g
           local held = tonumber(redis.call('HGET', s, 'h:' .. dim) or '0')
-          for _, v in ipairs({scope, dim, wkey, max, used, held}) do over[#over + 1] = v end
+          for _, v in ipairs({scope, dim, wkey, num(max), num(used), num(held)}) do
+            over[#over + 1] = v
+          end
         end
       end
     end
@@ -385,71 +400,9 @@ if op == 'prune' then
       return {0}
     end
   end
-  return {redis.call('DEL', s, lkey(scope))}
-end
-
-if op == 'reserve' then
-  -- ARGV: 4 id, 5 path, 6 amounts, 7 expires_at offset (ttl seconds)
-  local id, path = ARGV[4], ARGV[5]
-  local amounts, order = decode(ARGV[6])
-  local expires_at = now + tonumber(ARGV[7])
-  local scopes = prefixes(path)
-  local missing = missing_bounds(scopes, amounts)
-  if missing then return {'bounds', missing, num(now)} end
-  local existing = redis.call('HGET', HOLDS, id)
-  if existing then  -- a retry whose first reply was lost: the hold is already counted
-    local reply = {'ok', num(now), split_lines(existing)[3]}
-    for _, v in ipairs(flatten(states(scopes, amounts))) do reply[#reply + 1] = v end
-    return reply
-  end
-  reclaim_expired()
-  local rows, denial = check(scopes, amounts, true)
-  if denial then return denial end
-  for _, scope in ipairs(scopes) do
-    for _, dim in ipairs(order) do
-      redis.call('HINCRBY', skey(scope), 'h:' .. dim, amounts[dim])
-    end
-  end
-  redis.call('HSET', HOLDS, id, path .. '\n' .. num(now) .. '\n' .. num(expires_at) .. '\n' .. ARGV[6])
-  redis.call('ZADD', EXPIRY, num(expires_at), id)
-  local reply = {'ok', num(now), num(expires_at)}
-  for _, v in ipairs(flatten(rows)) do reply[#reply + 1] = v end
-  return reply
-end
-
-if op == 'commit' then
-  -- ARGV: 4 id, 5 actual, 6 metadata (JSON, opaque here)
-  local id = ARGV[4]
-  local actual, order = decode(ARGV[5])
-  local hold = redis.call('HGET', HOLDS, id)
-  local path, late
-  if hold then
-    local parts = split_lines(hold)
-    path = parts[1]
-    local missing = missing_bounds(prefixes(path), actual)
-    if missing then return {'bounds', missing, num(now)} end
-    late = tonumber(parts[3]) <= now
-    drop_hold(path, decode(parts[4]))
-    redis.call('HDEL', HOLDS, id)
-    redis.call('ZREM', EXPIRY, id)
-  else
-    local state = redis.call('HGET', rkey(id), 'state')
-    if not state then return {'unknown'} end
-    if state == 'released' then return {'released'} end
-    if state == 'committed' then
-      local r = redis.call('HMGET', rkey(id), 'path', 'actual', 'at', 'late', 'overruns', 'metadata')
-      return {'replayed', r[1], r[2], r[3], r[4], r[5], r[6]}
-    end
-    path = redis.call('HGET', rkey(id), 'path')  -- expired and reclaimed: record it late
-    local missing = missing_bounds(prefixes(path), actual)
-    if missing then return {'bounds', missing, num(now)} end
-    late = true
-  end
-  local over = record(path, actual, order)
-  local over_text = table.concat(over, '\n')
-  settle_record(id, {'state', 'committed', 'path', path, 'actual', ARGV[5], 'at', num(now),
-    'late', late and '1' or '0', 'overruns', over_text, 'metadata', ARGV[6]})
-  return {'committed', path, ARGV[5], num(now), late and '1' or '0', over_text, ARGV[6]}
+  local deleted = redis.call('DEL', s, lkey(scope))
+  bump_limits_version()
+  return {deleted}
 end
 
 if op == 'charge' then
@@ -516,12 +469,14 @@ end
 if op == 'set_limit' then
   -- ARGV: 4 scope, 5 dim, 6 wkey, 7 max
   redis.call('HSET', lkey(ARGV[4]), ARGV[5] .. '|' .. ARGV[6], ARGV[7])
+  bump_limits_version()
   return {'ok'}
 end
 
 if op == 'remove_limit' then
   local scope, dim, wkey = ARGV[4], ARGV[5], ARGV[6]
   local removed = redis.call('HDEL', lkey(scope), dim .. '|' .. wkey)
+  bump_limits_version()
   local s = skey(scope)
   local id = dim .. '|' .. wkey
   local oldest = redis.call('HGET', s, 'mh:' .. id)

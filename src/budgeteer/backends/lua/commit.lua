@@ -1,0 +1,211 @@
+-- budgeteer's commit on Redis: one run of this script, one round trip, atomic.
+--
+-- The same operation as ledger.lua's rules, on the same keys and fields (see its header), in a
+-- script of its own for the reasons reserve.lua gives; the path's limits come from the client as
+-- they do there.
+--
+-- KEYS[1] the hierarchy's key prefix. ARGV: 1 "now" or "" for the server's TIME; 2 calendar
+-- bounds "key=start:end;..." (as in ledger.lua); 3 the reservation id; 4 the actual usage as
+-- "dim=amount,..."; 5 the metadata (JSON, opaque here); 6 the path the client believes the
+-- reservation is on ("" if it does not know); 7 the limits version the client knows ("" if
+-- none); 8 the number of dimensions D, then D pairs dim, amount (the actual usage again); then,
+-- with a version, the limits on those dimensions other than pacing ones (which pace admissions,
+-- not commits) as quadruples scope number (1 = top), dim, window key, max, in ledger.lua's order.
+--
+-- Replies: {'committed', path, committed at, late '1' or '0', overruns} (the client has the
+-- usage and metadata it sent), followed by version, N and N quadruples (every limit on the path,
+-- as reserve.lua sends them) when the client's version or path was not current;
+-- {'replayed', path, actual, at, late, overruns, metadata} for a retry; {'unknown'};
+-- {'released'}; {'bounds', window, now} as in ledger.lua.
+--
+-- The settled record P:r:<id> keeps 'state' and, packed in one field (one short HSET instead of
+-- seven fields), 'v' = "path\nactual\nat\nlate\nmetadata\noverruns" (the JSON has no raw
+-- newline; the overruns, last, may have several).
+
+local P = KEYS[1]
+local now_text
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now_text = t[1] .. '.' .. string.sub('00000' .. t[2], -6)
+else
+  now_text = ARGV[1]
+end
+local now = tonumber(now_text)
+local HOLDS = P .. ':holds'
+local id = ARGV[3]
+local record_key = P .. ':r:' .. id
+
+local hold = redis.call('HGET', HOLDS, id)
+local path, late, held
+if hold then
+  local created, expires
+  path, created, expires, held = string.match(hold, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$')
+  late = tonumber(expires) <= now
+else
+  local state = redis.call('HGET', record_key, 'state')
+  if not state then return {'unknown'} end
+  if state == 'released' then return {'released'} end
+  if state == 'committed' then
+    local v = redis.call('HGET', record_key, 'v')
+    if not v then  -- written by ledger.lua's commit before this script had its own
+      local r = redis.call('HMGET', record_key, 'path', 'actual', 'at', 'late', 'overruns', 'metadata')
+      return {'replayed', r[1], r[2], r[3], r[4], r[5], r[6]}
+    end
+    local a, b, c, d, e, f = string.match(v, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$')
+    return {'replayed', a, b, c, d, f, e}
+  end
+  path = redis.call('HGET', record_key, 'path')  -- expired and reclaimed: record it late
+  late = true
+end
+
+local D = tonumber(ARGV[8])
+local actual_texts = {}  -- parsed only where a number is needed (a rolling window)
+for i = 9, 7 + 2 * D, 2 do actual_texts[ARGV[i]] = ARGV[i + 1] end
+
+local scopes, skeys = {}, {}
+local acc
+for segment in string.gmatch(path, '[^/]+') do
+  acc = acc and (acc .. '/' .. segment) or segment
+  scopes[#scopes + 1] = acc
+  skeys[#skeys + 1] = P .. ':s:' .. acc
+end
+
+-- The limits on the committed dimensions, as quadruples R[i .. i + 3] for i = first, last, 4.
+local R, first, last
+local version = redis.call('GET', P .. ':lv')
+local learned  -- every limit on the path, for the client, when its version was not current
+if version and version == ARGV[7] and path == ARGV[6] then
+  R, first, last = ARGV, 9 + 2 * D, #ARGV
+else
+  if not version then  -- unique across a flush, so no client mistakes a new set for an old one
+    local t = redis.call('TIME')
+    version = t[1] .. string.sub('00000' .. t[2], -6)
+    redis.call('SET', P .. ':lv', version)
+  end
+  learned, R = {}, {}
+  for k, scope in ipairs(scopes) do
+    local flat = redis.call('HGETALL', P .. ':l:' .. scope)
+    local fields = {}
+    for i = 1, #flat, 2 do fields[#fields + 1] = {flat[i], tonumber(flat[i + 1])} end
+    if #fields > 1 then table.sort(fields, function(a, b) return a[1] < b[1] end) end
+    for _, f in ipairs(fields) do
+      local bar = string.find(f[1], '|', 1, true)
+      local row = {k, string.sub(f[1], 1, bar - 1), string.sub(f[1], bar + 1), f[2]}
+      for j = 1, 4 do learned[#learned + 1] = row[j] end
+      if actual_texts[row[2]] and string.sub(row[3], 1, 7) ~= 'pacing:' then
+        for j = 1, 4 do R[#R + 1] = row[j] end
+      end
+    end
+  end
+  first, last = 1, #R
+end
+
+local function num(x) return string.format('%.17g', x) end
+
+-- Calendar windows whose period has ended need bounds from the client; checked before any write.
+local bounds
+for i = first, last, 4 do
+  local wkey = R[i + 2]
+  if string.sub(wkey, 1, 9) == 'calendar:' then
+    if not bounds then
+      bounds = {}
+      for key, start, stop in string.gmatch(ARGV[2], '([^=;]+)=([^:;]+):([^;]+)') do
+        bounds[key] = {tonumber(start), tonumber(stop)}
+      end
+    end
+    local stop = redis.call('HGET', skeys[tonumber(R[i])], 'me:' .. R[i + 1] .. '|' .. wkey)
+    local b = bounds[wkey]
+    if now >= (tonumber(stop) or 0) and (not b or now < b[1] or now >= b[2]) then
+      return {'bounds', wkey, now_text}
+    end
+  end
+end
+
+if hold then
+  for dim, amount in string.gmatch(held, '([^=,]+)=(%d+)') do
+    if amount ~= '0' then
+      local name, minus = 'h:' .. dim, '-' .. amount
+      for _, s in ipairs(skeys) do redis.call('HINCRBY', s, name, minus) end
+    end
+  end
+  redis.call('HDEL', HOLDS, id)
+  redis.call('ZREM', P .. ':expiry', id)
+end
+
+-- Record the usage on every scope; lifetime limits read the new totals.
+-- totals[dim][k] is the new lifetime total of dim on scope k.
+local totals = {}
+for i = 9, 7 + 2 * D, 2 do
+  local name, amount, by_scope = 'u:' .. ARGV[i], ARGV[i + 1], {}
+  for k, s in ipairs(skeys) do by_scope[k] = redis.call('HINCRBY', s, name, amount) end
+  totals[ARGV[i]] = by_scope
+end
+
+local over = {}
+for i = first, last, 4 do
+  local k, dim, wkey, max = tonumber(R[i]), R[i + 1], R[i + 2], tonumber(R[i + 3])
+  local s, field = skeys[k], dim .. '|' .. wkey
+  local used
+  if wkey == 'lifetime' then
+    used = totals[dim][k]
+  elseif string.sub(wkey, 1, 8) == 'rolling:' then
+    -- ledger.lua's refresh, then add_to_meter.
+    local seconds, gran = string.match(wkey, '^rolling:(%d+):(%d+)$')
+    gran = tonumber(gran)
+    local c = redis.call('HMGET', s, 'm:' .. field, 'mh:' .. field, 'ml:' .. field)
+    used = tonumber(c[1]) or 0
+    local oldest, newest = tonumber(c[2]), tonumber(c[3])
+    local cutoff = math.floor(now / gran) - tonumber(seconds) / gran
+    if oldest and oldest < cutoff then
+      for index = oldest, math.min(newest, cutoff - 1) do
+        local bucket = 'b:' .. field .. '|' .. index
+        local old = redis.call('HGET', s, bucket)
+        if old then
+          used = used - tonumber(old)
+          redis.call('HDEL', s, bucket)
+        end
+      end
+      if newest < cutoff then
+        redis.call('HDEL', s, 'mh:' .. field, 'ml:' .. field)
+        used, oldest, newest = 0, nil, nil
+      else
+        oldest = cutoff
+        redis.call('HSET', s, 'mh:' .. field, cutoff)
+      end
+    end
+    used = used + tonumber(actual_texts[dim])
+    local index = math.floor(now / gran)
+    if newest and newest >= index then index = newest end  -- a clock that stepped back
+    redis.call('HINCRBY', s, 'b:' .. field .. '|' .. index, actual_texts[dim])
+    if oldest then
+      redis.call('HSET', s, 'm:' .. field, used, 'ml:' .. field, index)
+    else
+      redis.call('HSET', s, 'm:' .. field, used, 'ml:' .. field, index, 'mh:' .. field, index)
+    end
+  else
+    -- A calendar window: a period that has ended starts again (its bounds were checked above).
+    if now >= (tonumber(redis.call('HGET', s, 'me:' .. field)) or 0) then
+      local b = bounds[wkey]
+      redis.call('HSET', s, 'ms:' .. field, num(b[1]), 'me:' .. field, num(b[2]), 'm:' .. field, 0)
+    end
+    used = redis.call('HINCRBY', s, 'm:' .. field, actual_texts[dim])
+  end
+  if used > max then
+    local held_now = tonumber(redis.call('HGET', s, 'h:' .. dim)) or 0
+    for _, v in ipairs({scopes[k], dim, wkey, num(max), num(used), num(held_now)}) do
+      over[#over + 1] = v
+    end
+  end
+end
+
+local over_text = table.concat(over, '\n')
+local late_text = late and '1' or '0'
+redis.call('HSET', record_key, 'state', 'committed', 'v',
+  path .. '\n' .. ARGV[4] .. '\n' .. now_text .. '\n' .. late_text .. '\n' .. ARGV[5] .. '\n' .. over_text)
+redis.call('EXPIRE', record_key, 7 * 86400)
+local reply = {'committed', path, now_text, late_text, over_text}
+if learned then
+  reply[6], reply[7] = version, #learned / 4
+  for _, v in ipairs(learned) do reply[#reply + 1] = v end
+end
+return reply
