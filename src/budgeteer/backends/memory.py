@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 from collections.abc import Mapping
 
@@ -127,6 +128,12 @@ class _Hold:
 _new_state = _new_denial = tuple.__new__
 PLAN_CACHE_SIZE = 65536
 
+_Refusal = tuple[Mapping[str, int], int, float, LimitState, int, "int | None", "_Meter | None", int]
+"""A single-limit ``admit`` refusal remembered for its path: (the amounts asked, copied;
+``expect_limits``; the time before which nothing but a mutation can change the answer; the
+refusing limit's state; the amount requested; the end of the bucket whose leaving frees enough,
+or None; the rolling meter, or None for a lifetime limit; that meter's ``used`` then)."""
+
 
 class MemoryBackend:
     """Limits, counters and holds in dictionaries behind one lock."""
@@ -150,11 +157,15 @@ class MemoryBackend:
         self._expired: dict[str, _Hold] = {}
         self._plans: dict[str, _Plan] = {}
         self._version = 0  # bumped by every limit change; invalidates cached plans
+        # path -> the last refusal of a single-limit admit there (see admit). Every mutation
+        # clears it before it changes anything; time moves only within an entry's bounds.
+        self._refused: dict[str, _Refusal] = {}
 
     # -- limits -----------------------------------------------------------------------------
 
     def set_limit(self, scope: str, dimension: str, window_key: str, max_units: int) -> None:
         with self._lock:
+            self._refused.clear()
             state = self._scope(scope)
             self._version += 1
             state.limits[(dimension, window_key)] = max_units
@@ -173,6 +184,7 @@ class MemoryBackend:
             state = self._scopes.get(scope)
             if state is None or (dimension, window_key) not in state.limits:
                 return False
+            self._refused.clear()
             self._version += 1
             del state.limits[(dimension, window_key)]
             state.meters.pop((dimension, window_key), None)
@@ -208,6 +220,7 @@ class MemoryBackend:
             checked = self._check(route, amounts, now, hold=True)
             if checked.__class__ is Denial:
                 return checked
+            self._refused.clear()
             for cell, dimension in route.cells:
                 cell[1] += amounts[dimension]
             self._holds[reservation_id] = _Hold(path, plan, route, amounts, expires_at)
@@ -224,6 +237,24 @@ class MemoryBackend:
         now: float,
         expect_limits: int = -1,
     ) -> tuple[LimitState, ...] | Denial | None:
+        refused = self._refused.get(path)
+        if refused is not None:
+            # A saturated limiter refuses again and again: answer from the refusal remembered
+            # below while nothing it depends on can have changed. No lock is needed: entries
+            # are immutable, every mutation clears them (under the lock) before it changes
+            # anything, and a time-driven change (a hold's expiry, a bucket leaving) happens
+            # only past ``until``, or shows in ``meter.used`` if the clock stepped back.
+            asked, expect, until, state, requested, retry_at, rolling, rolling_used = refused
+            if (
+                now < until
+                and expect == expect_limits
+                and (rolling is None or rolling.used == rolling_used)
+                and amounts == asked
+            ):
+                if retry_at is None:
+                    return _new_denial(Denial, (state, requested, None))
+                end = retry_at - now
+                return _new_denial(Denial, (state, requested, end if end > 0.0 else 0.0))
         with self._lock:
             expiry = self._expiry
             if expiry and expiry[0][0] <= now:
@@ -251,7 +282,9 @@ class MemoryBackend:
                     used = meter.used
                 held = cell[1]
                 if used + held + requested > max_units:  # _core.crosses, inlined
-                    retry_after = None
+                    retry_after = retry_at = None
+                    # Nothing changes this answer before the next hold expires ...
+                    until = expiry[0][0] if expiry else math.inf
                     if meter is not None:
                         # _core.rolling_retry_after: the first bucket whose leaving frees enough.
                         over = used + held + requested - max_units
@@ -259,13 +292,27 @@ class MemoryBackend:
                         for bucket, amount in meter.buckets:  # type: ignore[union-attr]
                             freed += amount
                             if freed >= over:
-                                end = (bucket + window.buckets + 1) * window.granularity_s - now
+                                retry_at = (bucket + window.buckets + 1) * window.granularity_s
+                                end = retry_at - now
                                 retry_after = end if end > 0.0 else 0.0
                                 break
+                        buckets = meter.buckets  # type: ignore[union-attr]
+                        if buckets:
+                            # ... or the oldest bucket leaves (the refresh test above, solved
+                            # for now: exact, as the granularity is a whole number of seconds).
+                            leaves = (buckets[0][0] + window.buckets + 1) * window.granularity_s
+                            until = leaves if leaves < until else until
                     state = _new_state(
                         LimitState, (name, dimension, window_key, max_units, used, held)
                     )
+                    refusals = self._refused
+                    if len(refusals) >= PLAN_CACHE_SIZE:
+                        refusals.clear()
+                    refusals[path] = (
+                        dict(amounts), expect_limits, until, state, requested, retry_at, meter, used
+                    )  # fmt: skip
                     return _new_denial(Denial, (state, requested, retry_after))
+                self._refused.clear()
                 for each, each_dimension in route.cells:
                     each[0] += amounts[each_dimension]
                 if meter is not None:
@@ -319,6 +366,7 @@ class MemoryBackend:
                         LimitState, (name, dimension, window_key, max_units, used + requested, held)
                     )
                 )
+            self._refused.clear()
             for cell, dimension in route.cells:
                 cell[0] += amounts[dimension]
             for _, dimension, _, _, meter, _, _, window in route.checks:
@@ -339,6 +387,7 @@ class MemoryBackend:
         checked = self._check(route, amounts, now, hold=False)
         if checked.__class__ is Denial:
             return checked
+        self._refused.clear()
         for cell, dimension in route.cells:
             cell[0] += amounts[dimension]
         for _, dimension, _, _, meter, _, _, window in route.checks:
@@ -425,6 +474,7 @@ class MemoryBackend:
                     meter.refresh(window_of(window_key), now)
                     if meter.used:
                         return False
+            self._refused.clear()
             del self._scopes[scope]
             self._version += 1
             return True
@@ -437,6 +487,7 @@ class MemoryBackend:
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
         with self._lock:
+            self._refused.clear()
             hold = self._holds.pop(reservation_id, None)
             if hold is None:
                 if self._expiry and self._expiry[0][0] <= now:
@@ -460,6 +511,7 @@ class MemoryBackend:
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
         with self._lock:
+            self._refused.clear()
             settled = self._settled_state(charge_id)
             if isinstance(settled, CommitOutcome):
                 return _replayed(settled)
@@ -472,6 +524,7 @@ class MemoryBackend:
 
     def release(self, reservation_id: str, now: float) -> None:
         with self._lock:
+            self._refused.clear()
             hold = self._holds.pop(reservation_id, None)
             if hold is not None:
                 self._drop_hold(hold)
@@ -629,6 +682,7 @@ class MemoryBackend:
             _, reservation_id = heapq.heappop(expiry)
             hold = self._holds.get(reservation_id)
             if hold is not None and hold.expires_at <= now:
+                self._refused.clear()
                 del self._holds[reservation_id]
                 self._drop_hold(hold)
                 self._remember(reservation_id, "expired")
