@@ -6,6 +6,7 @@ import heapq
 import math
 import threading
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from budgeteer.backends.base import (
     CommitOutcome,
@@ -59,7 +60,7 @@ _Check = tuple[str, str, str, int, "_Meter | None", list[int], _Scope, Window]
 class _Route:
     """What an operation with a given set of dimensions touches on a path, resolved once."""
 
-    __slots__ = ("cells", "checks", "simple", "single")
+    __slots__ = ("caps", "cells", "checks", "lifetime", "simple", "single")
 
     def __init__(self, cells: tuple[tuple[list[int], str], ...], checks: tuple[_Check, ...]):
         self.cells = cells
@@ -70,6 +71,10 @@ class _Route:
         """Only lifetime and rolling limits: ``admit``'s tight loop handles them inline."""
         self.single = checks[0] if self.simple and len(checks) == 1 else None
         """The one limit to check, when there is exactly one (a rate limiter's usual key)."""
+        self.lifetime = all(c[4] is None for c in checks)
+        """Only lifetime limits: nothing to refresh or pace, so reserve and commit loop inline."""
+        self.caps = tuple((c[5], c[3]) for c in checks)
+        """(the [used, held] cell, max units) of each limit: a lifetime commit's overrun test."""
 
 
 class _Plan:
@@ -107,25 +112,17 @@ class _Plan:
         return route
 
 
-class _Hold:
-    __slots__ = ("amounts", "expires_at", "path", "plan", "route")
+class _Hold(NamedTuple):
+    """A live hold (a named tuple: one is built on every reservation)."""
 
-    def __init__(
-        self,
-        path: str,
-        plan: _Plan,
-        route: _Route,
-        amounts: Mapping[str, int],
-        expires_at: float,
-    ) -> None:
-        self.path = path
-        self.plan = plan
-        self.route = route
-        self.amounts = amounts
-        self.expires_at = expires_at
+    path: str
+    plan: _Plan
+    route: _Route
+    amounts: Mapping[str, int]
+    expires_at: float
 
 
-_new_state = _new_denial = tuple.__new__
+_new_state = _new_denial = _new_hold = tuple.__new__
 PLAN_CACHE_SIZE = 65536
 
 _Refusal = tuple[Mapping[str, int], int, float, LimitState, int, "int | None", "_Meter | None", int]
@@ -217,13 +214,29 @@ class MemoryBackend:
             if plan is None or plan.version != self._version:
                 plan = self._plan(path, scopes)
             route = plan.routes.get(tuple(amounts)) or plan.route(tuple(amounts))
-            checked = self._check(route, amounts, now, hold=True)
-            if checked.__class__ is Denial:
-                return checked
+            if route.lifetime:
+                # Lifetime limits only (the usual budget caps): _check's loop, without meters.
+                states = []
+                for name, dimension, window_key, max_units, _, cell, _, _ in route.checks:
+                    requested = amounts[dimension]
+                    used, held = cell
+                    if used + held + requested > max_units:  # _core.crosses, inlined
+                        return self._check(route, amounts, now, hold=True)  # the denial
+                    states.append(
+                        _new_state(
+                            LimitState,
+                            (name, dimension, window_key, max_units, used, held + requested),
+                        )
+                    )
+                checked: tuple[LimitState, ...] | Denial = tuple(states)
+            else:
+                checked = self._check(route, amounts, now, hold=True)
+                if checked.__class__ is Denial:
+                    return checked
             self._refused.clear()
             for cell, dimension in route.cells:
                 cell[1] += amounts[dimension]
-            self._holds[reservation_id] = _Hold(path, plan, route, amounts, expires_at)
+            self._holds[reservation_id] = _new_hold(_Hold, (path, plan, route, amounts, expires_at))
             heapq.heappush(expiry, (expires_at, reservation_id))
             if len(expiry) > 2 * len(self._holds) + 1024:
                 self._compact_expiry()
@@ -493,12 +506,29 @@ class MemoryBackend:
                 if self._expiry and self._expiry[0][0] <= now:
                     self._expire(now)
                 return self._settle_again(reservation_id, actual, now, metadata)
-            # Past its TTL but not yet reclaimed: drop it all the same, and record as late.
-            self._drop_hold(hold)
-            outcome = self._record(
-                self._current(hold.plan), actual, now, metadata, late=hold.expires_at <= now
-            )
-            self._remember(reservation_id, outcome)
+            _, plan, route, amounts, expires_at = hold
+            for cell, dimension in route.cells:  # _drop_hold, inlined
+                cell[1] -= amounts[dimension]
+            if plan.version != self._version:
+                plan = self._current(plan)
+            late = expires_at <= now  # past its TTL but not yet reclaimed: recorded all the same
+            recorded = plan.routes.get(tuple(actual))
+            if recorded is not None and recorded.lifetime and not plan.metered:
+                # _record's lifetime-only case, inlined: add, then the overrun test alone.
+                for cell, dimension in recorded.cells:
+                    cell[0] += actual[dimension]
+                for cell, max_units in recorded.caps:
+                    if cell[0] > max_units:
+                        outcome = self._outcome(plan, recorded, actual, now, metadata, late)
+                        break
+                else:
+                    outcome = CommitOutcome("committed", plan.path, actual, now, (), metadata, late)
+            else:
+                outcome = self._record(plan, actual, now, metadata, late=late)
+            settled = self._settled  # _remember, inlined
+            settled[reservation_id] = outcome
+            if len(settled) >= SETTLED_MEMORY // 2:
+                self._remember(reservation_id, outcome)
             return outcome
 
     def charge(
@@ -628,6 +658,18 @@ class MemoryBackend:
                         meter.add(window, now, amount)
                     else:
                         meter.used += amount
+        return self._outcome(plan, route, actual, now, metadata, late)
+
+    def _outcome(
+        self,
+        plan: _Plan,
+        route: _Route,
+        actual: Mapping[str, int],
+        now: float,
+        metadata: Mapping[str, str],
+        late: bool,
+    ) -> CommitOutcome:
+        """The record of a commit just added: with the limits it left over their cap."""
         over: list[LimitState] = []
         for name, dimension, window_key, max_units, limit_meter, cell, _, _ in route.checks:
             if limit_meter.__class__ is PacingMeter:
