@@ -60,11 +60,16 @@ _Check = tuple[str, str, str, int, "_Meter | None", list[int], _Scope, Window]
 class _Route:
     """What an operation with a given set of dimensions touches on a path, resolved once."""
 
-    __slots__ = ("caps", "cells", "checks", "lifetime", "simple", "single")
+    __slots__ = ("caps", "cells", "checks", "columns", "lifetime", "simple", "single")
 
     def __init__(self, cells: tuple[tuple[list[int], str], ...], checks: tuple[_Check, ...]):
         self.cells = cells
         """Every (scope, dimension) cell, top scope first."""
+        self.columns = tuple(
+            (dimension, tuple(cell for cell, each in cells if each == dimension))
+            for dimension in dict.fromkeys(dimension for _, dimension in cells)
+        )
+        """The same cells by dimension: one amount is added down a column (fewer steps)."""
         self.checks = checks
         """The limits on those dimensions, top scope first."""
         self.simple = all(c[4] is None or c[4].__class__ is RollingMeter for c in checks)
@@ -234,8 +239,10 @@ class MemoryBackend:
                 if checked.__class__ is Denial:
                     return checked
             self._refused.clear()
-            for cell, dimension in route.cells:
-                cell[1] += amounts[dimension]
+            for dimension, column in route.columns:
+                amount = amounts[dimension]
+                for cell in column:
+                    cell[1] += amount
             self._holds[reservation_id] = _new_hold(_Hold, (path, plan, route, amounts, expires_at))
             heapq.heappush(expiry, (expires_at, reservation_id))
             if len(expiry) > 2 * len(self._holds) + 1024:
@@ -507,16 +514,20 @@ class MemoryBackend:
                     self._expire(now)
                 return self._settle_again(reservation_id, actual, now, metadata)
             _, plan, route, amounts, expires_at = hold
-            for cell, dimension in route.cells:  # _drop_hold, inlined
-                cell[1] -= amounts[dimension]
+            for dimension, column in route.columns:  # _drop_hold, inlined
+                amount = amounts[dimension]
+                for cell in column:
+                    cell[1] -= amount
             if plan.version != self._version:
                 plan = self._current(plan)
             late = expires_at <= now  # past its TTL but not yet reclaimed: recorded all the same
             recorded = plan.routes.get(tuple(actual))
             if recorded is not None and recorded.lifetime and not plan.metered:
                 # _record's lifetime-only case, inlined: add, then the overrun test alone.
-                for cell, dimension in recorded.cells:
-                    cell[0] += actual[dimension]
+                for dimension, column in recorded.columns:
+                    amount = actual[dimension]
+                    for cell in column:
+                        cell[0] += amount
                 for cell, max_units in recorded.caps:
                     if cell[0] > max_units:
                         outcome = self._outcome(plan, recorded, actual, now, metadata, late)
