@@ -6,7 +6,6 @@ import heapq
 import math
 import threading
 from collections.abc import Mapping
-from typing import NamedTuple
 
 from budgeteer.backends.base import (
     CommitOutcome,
@@ -117,17 +116,12 @@ class _Plan:
         return route
 
 
-class _Hold(NamedTuple):
-    """A live hold (a named tuple: one is built on every reservation)."""
-
-    path: str
-    plan: _Plan
-    route: _Route
-    amounts: Mapping[str, int]
-    expires_at: float
+_Hold = tuple[str, _Plan, _Route, Mapping[str, int], float]
+"""A live hold: (path, plan, route, amounts, expires at). A plain tuple, the cheapest object
+to build and drop: one is made on every reservation."""
 
 
-_new_state = _new_denial = _new_hold = tuple.__new__
+_new_state = _new_denial = tuple.__new__
 PLAN_CACHE_SIZE = 65536
 
 _Refusal = tuple[Mapping[str, int], int, float, LimitState, int, "int | None", "_Meter | None", int]
@@ -243,7 +237,7 @@ class MemoryBackend:
                 amount = amounts[dimension]
                 for cell in column:
                     cell[1] += amount
-            self._holds[reservation_id] = _new_hold(_Hold, (path, plan, route, amounts, expires_at))
+            self._holds[reservation_id] = (path, plan, route, amounts, expires_at)
             heapq.heappush(expiry, (expires_at, reservation_id))
             if len(expiry) > 2 * len(self._holds) + 1024:
                 self._compact_expiry()
@@ -569,7 +563,7 @@ class MemoryBackend:
             hold = self._holds.pop(reservation_id, None)
             if hold is not None:
                 self._drop_hold(hold)
-                if hold.expires_at <= now:
+                if hold[4] <= now:  # expires_at
                     # Lapsed: the same as if expiry had reclaimed it first, so a later commit
                     # is recorded late whichever happened first.
                     self._remember(reservation_id, "expired")
@@ -714,7 +708,7 @@ class MemoryBackend:
             raise ReservationSettled(reservation_id, "released", "commit")
         # Expired and reclaimed: the spend happened, so record it late (and remember it).
         hold = self._expired.pop(reservation_id)
-        outcome = self._record(self._current(hold.plan), actual, now, metadata, late=True)
+        outcome = self._record(self._current(hold[1]), actual, now, metadata, late=True)
         self._remember(reservation_id, outcome)
         return outcome
 
@@ -725,8 +719,8 @@ class MemoryBackend:
 
     def _drop_hold(self, hold: _Hold) -> None:
         # Cells never move, so a hold's route stays valid across limit changes.
-        amounts = hold.amounts
-        for cell, dimension in hold.route.cells:
+        _, _, route, amounts, _ = hold
+        for cell, dimension in route.cells:
             cell[1] -= amounts[dimension]
 
     def _expire(self, now: float) -> None:
@@ -734,7 +728,7 @@ class MemoryBackend:
         while expiry and expiry[0][0] <= now:
             _, reservation_id = heapq.heappop(expiry)
             hold = self._holds.get(reservation_id)
-            if hold is not None and hold.expires_at <= now:
+            if hold is not None and hold[4] <= now:  # expires_at
                 self._refused.clear()
                 del self._holds[reservation_id]
                 self._drop_hold(hold)
@@ -742,7 +736,7 @@ class MemoryBackend:
                 self._expired[reservation_id] = hold
 
     def _compact_expiry(self) -> None:
-        self._expiry = [(h.expires_at, rid) for rid, h in self._holds.items()]
+        self._expiry = [(hold[4], rid) for rid, hold in self._holds.items()]
         heapq.heapify(self._expiry)
 
     def _remember(self, reservation_id: str, outcome: CommitOutcome | str) -> None:
