@@ -205,7 +205,9 @@ class MemoryBackend:
         expires_at: float,
     ) -> tuple[LimitState, ...] | Denial:
         # The hot path: written out flat, since every reservation runs it under the lock.
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not `with`: half the cost, on every reservation
+        try:
             expiry = self._expiry
             if expiry and expiry[0][0] <= now:
                 self._expire(now)
@@ -242,6 +244,8 @@ class MemoryBackend:
             if len(expiry) > 2 * len(self._holds) + 1024:
                 self._compact_expiry()
             return checked
+        finally:
+            lock.release()
 
     def admit(  # noqa: PLR0915 - the rate limiter's hot path, unrolled on purpose
         self,
@@ -269,7 +273,9 @@ class MemoryBackend:
                     return _new_denial(Denial, (state, requested, None))
                 end = retry_at - now
                 return _new_denial(Denial, (state, requested, end if end > 0.0 else 0.0))
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not `with`: half the cost, on every admission
+        try:
             expiry = self._expiry
             if expiry and expiry[0][0] <= now:
                 self._expire(now)
@@ -394,6 +400,8 @@ class MemoryBackend:
                         buckets.append([index, amount])
                     meter.used += amount
             return tuple(checked)
+        finally:
+            lock.release()
 
     def _admit_general(
         self, route: _Route, amounts: Mapping[str, int], now: float
@@ -500,7 +508,9 @@ class MemoryBackend:
         now: float,
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not `with`: half the cost, on every commit
+        try:
             self._refused.clear()
             hold = self._holds.pop(reservation_id, None)
             if hold is None:
@@ -535,6 +545,8 @@ class MemoryBackend:
             if len(settled) >= SETTLED_MEMORY // 2:
                 self._remember(reservation_id, outcome)
             return outcome
+        finally:
+            lock.release()
 
     def charge(
         self,
