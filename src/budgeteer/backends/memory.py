@@ -145,6 +145,7 @@ class MemoryBackend:
         self._scopes: dict[str, _Scope] = {}
         self._holds: dict[str, _Hold] = {}
         self._expiry: list[tuple[float, str]] = []
+        self._compact_at = 1024  # the heap's length that makes a reservation look at compacting
         # id -> CommitOutcome for committed ids, or the string "released"/"expired"; two
         # generations of plain dicts bound the memory at SETTLED_MEMORY ids (O(1) per settle).
         self._settled: dict[str, CommitOutcome | str] = {}
@@ -241,7 +242,7 @@ class MemoryBackend:
                     cell[1] += amount
             self._holds[reservation_id] = (path, plan, route, amounts, expires_at)
             heapq.heappush(expiry, (expires_at, reservation_id))
-            if len(expiry) > 2 * len(self._holds) + 1024:
+            if len(expiry) > self._compact_at:
                 self._compact_expiry()
             return checked
         finally:
@@ -748,8 +749,11 @@ class MemoryBackend:
                 self._expired[reservation_id] = hold
 
     def _compact_expiry(self) -> None:
-        self._expiry = [(hold[4], rid) for rid, hold in self._holds.items()]
-        heapq.heapify(self._expiry)
+        # Rebuilt once stale entries (settled holds) outnumber the live ones: amortised O(1).
+        if len(self._expiry) > 2 * len(self._holds) + 1024:
+            self._expiry = [(hold[4], rid) for rid, hold in self._holds.items()]
+            heapq.heapify(self._expiry)
+        self._compact_at = max(len(self._expiry), 2 * len(self._holds) + 1024)
 
     def _remember(self, reservation_id: str, outcome: CommitOutcome | str) -> None:
         settled = self._settled

@@ -99,7 +99,7 @@ class LedgerFrontend:
     def new_id(self, path: str) -> str:
         """A fresh id: ``<root scope>#<random>-<counter>``. The root routes an id to its
         hierarchy's shard (the Redis hash slot); '#' never appears in a scope path."""
-        return f"{self._entry(path)[1]}{next(self._ids):x}"
+        return f"{self._entry(path)[1]}{next(self._ids)}"
 
     def scopes(self, path: str) -> tuple[str, ...]:
         return self._entry(path)[0]
@@ -166,7 +166,7 @@ class LedgerFrontend:
         checked = usage if type(usage) is Usage else as_usage(usage, "usage")
         ttl = self.default_ttl_s if ttl_s is None else self.check_ttl(ttl_s)
         now = self._now()
-        reservation_id = f"{id_prefix}{next(self._ids):x}"
+        reservation_id = f"{id_prefix}{next(self._ids)}"
         return (reservation_id, path, scopes, checked.units, now, now + ttl), checked
 
     def reserve_now(self, path: str, usage: object, ttl_s: float | None) -> Reservation:
@@ -179,7 +179,7 @@ class LedgerFrontend:
         checked = usage if type(usage) is Usage else as_usage(usage, "usage")
         ttl = self.default_ttl_s if ttl_s is None else self.check_ttl(ttl_s)
         now = self._now()
-        reservation_id = f"{id_prefix}{next(self._ids):x}"
+        reservation_id = f"{id_prefix}{next(self._ids)}"
         expires_at = now + ttl
         backend = self.backend
         try:
