@@ -197,8 +197,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sweep-seconds", type=float, default=0.3, help="per case and size")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the in-process cases (implies --no-write)"
+    )
     args = parser.parse_args()
 
+    if args.memory_only:
+        for name, value, ratio in interleaved(
+            memory_cases(), "limits moving window (MemoryStorage)", args.seconds, args.rounds
+        ):
+            print(f"{name:50s} {value:>12,.0f} checks/s  {ratio:5.2f}x")
+        return
     with session_server() as url:
         if url is None:
             raise SystemExit("no Redis server: set REDIS_URL or install redis-server")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 from collections.abc import Mapping
 
@@ -58,17 +59,26 @@ _Check = tuple[str, str, str, int, "_Meter | None", list[int], _Scope, Window]
 class _Route:
     """What an operation with a given set of dimensions touches on a path, resolved once."""
 
-    __slots__ = ("cells", "checks", "simple", "single")
+    __slots__ = ("caps", "cells", "checks", "columns", "lifetime", "simple", "single")
 
     def __init__(self, cells: tuple[tuple[list[int], str], ...], checks: tuple[_Check, ...]):
         self.cells = cells
         """Every (scope, dimension) cell, top scope first."""
+        self.columns = tuple(
+            (dimension, tuple(cell for cell, each in cells if each == dimension))
+            for dimension in dict.fromkeys(dimension for _, dimension in cells)
+        )
+        """The same cells by dimension: one amount is added down a column (fewer steps)."""
         self.checks = checks
         """The limits on those dimensions, top scope first."""
         self.simple = all(c[4] is None or c[4].__class__ is RollingMeter for c in checks)
         """Only lifetime and rolling limits: ``admit``'s tight loop handles them inline."""
         self.single = checks[0] if self.simple and len(checks) == 1 else None
         """The one limit to check, when there is exactly one (a rate limiter's usual key)."""
+        self.lifetime = all(c[4] is None for c in checks)
+        """Only lifetime limits: nothing to refresh or pace, so reserve and commit loop inline."""
+        self.caps = tuple((c[5], c[3]) for c in checks)
+        """(the [used, held] cell, max units) of each limit: a lifetime commit's overrun test."""
 
 
 class _Plan:
@@ -106,26 +116,19 @@ class _Plan:
         return route
 
 
-class _Hold:
-    __slots__ = ("amounts", "expires_at", "path", "plan", "route")
-
-    def __init__(
-        self,
-        path: str,
-        plan: _Plan,
-        route: _Route,
-        amounts: Mapping[str, int],
-        expires_at: float,
-    ) -> None:
-        self.path = path
-        self.plan = plan
-        self.route = route
-        self.amounts = amounts
-        self.expires_at = expires_at
+_Hold = tuple[str, _Plan, _Route, Mapping[str, int], float]
+"""A live hold: (path, plan, route, amounts, expires at). A plain tuple, the cheapest object
+to build and drop: one is made on every reservation."""
 
 
 _new_state = _new_denial = tuple.__new__
 PLAN_CACHE_SIZE = 65536
+
+_Refusal = tuple[Mapping[str, int], int, float, LimitState, int, "int | None", "_Meter | None", int]
+"""A single-limit ``admit`` refusal remembered for its path: (the amounts asked, copied;
+``expect_limits``; the time before which nothing but a mutation can change the answer; the
+refusing limit's state; the amount requested; the end of the bucket whose leaving frees enough,
+or None; the rolling meter, or None for a lifetime limit; that meter's ``used`` then)."""
 
 
 class MemoryBackend:
@@ -142,6 +145,7 @@ class MemoryBackend:
         self._scopes: dict[str, _Scope] = {}
         self._holds: dict[str, _Hold] = {}
         self._expiry: list[tuple[float, str]] = []
+        self._compact_at = 1024  # the heap's length that makes a reservation look at compacting
         # id -> CommitOutcome for committed ids, or the string "released"/"expired"; two
         # generations of plain dicts bound the memory at SETTLED_MEMORY ids (O(1) per settle).
         self._settled: dict[str, CommitOutcome | str] = {}
@@ -150,11 +154,15 @@ class MemoryBackend:
         self._expired: dict[str, _Hold] = {}
         self._plans: dict[str, _Plan] = {}
         self._version = 0  # bumped by every limit change; invalidates cached plans
+        # path -> the last refusal of a single-limit admit there (see admit). Every mutation
+        # clears it before it changes anything; time moves only within an entry's bounds.
+        self._refused: dict[str, _Refusal] = {}
 
     # -- limits -----------------------------------------------------------------------------
 
     def set_limit(self, scope: str, dimension: str, window_key: str, max_units: int) -> None:
         with self._lock:
+            self._refused.clear()
             state = self._scope(scope)
             self._version += 1
             state.limits[(dimension, window_key)] = max_units
@@ -173,6 +181,7 @@ class MemoryBackend:
             state = self._scopes.get(scope)
             if state is None or (dimension, window_key) not in state.limits:
                 return False
+            self._refused.clear()
             self._version += 1
             del state.limits[(dimension, window_key)]
             state.meters.pop((dimension, window_key), None)
@@ -197,7 +206,9 @@ class MemoryBackend:
         expires_at: float,
     ) -> tuple[LimitState, ...] | Denial:
         # The hot path: written out flat, since every reservation runs it under the lock.
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not `with`: half the cost, on every reservation
+        try:
             expiry = self._expiry
             if expiry and expiry[0][0] <= now:
                 self._expire(now)
@@ -205,16 +216,37 @@ class MemoryBackend:
             if plan is None or plan.version != self._version:
                 plan = self._plan(path, scopes)
             route = plan.routes.get(tuple(amounts)) or plan.route(tuple(amounts))
-            checked = self._check(route, amounts, now, hold=True)
-            if checked.__class__ is Denial:
-                return checked
-            for cell, dimension in route.cells:
-                cell[1] += amounts[dimension]
-            self._holds[reservation_id] = _Hold(path, plan, route, amounts, expires_at)
+            if route.lifetime:
+                # Lifetime limits only (the usual budget caps): _check's loop, without meters.
+                states = []
+                for name, dimension, window_key, max_units, _, cell, _, _ in route.checks:
+                    requested = amounts[dimension]
+                    used, held = cell
+                    if used + held + requested > max_units:  # _core.crosses, inlined
+                        return self._check(route, amounts, now, hold=True)  # the denial
+                    states.append(
+                        _new_state(
+                            LimitState,
+                            (name, dimension, window_key, max_units, used, held + requested),
+                        )
+                    )
+                checked: tuple[LimitState, ...] | Denial = tuple(states)
+            else:
+                checked = self._check(route, amounts, now, hold=True)
+                if checked.__class__ is Denial:
+                    return checked
+            self._refused.clear()
+            for dimension, column in route.columns:
+                amount = amounts[dimension]
+                for cell in column:
+                    cell[1] += amount
+            self._holds[reservation_id] = (path, plan, route, amounts, expires_at)
             heapq.heappush(expiry, (expires_at, reservation_id))
-            if len(expiry) > 2 * len(self._holds) + 1024:
+            if len(expiry) > self._compact_at:
                 self._compact_expiry()
             return checked
+        finally:
+            lock.release()
 
     def admit(  # noqa: PLR0915 - the rate limiter's hot path, unrolled on purpose
         self,
@@ -224,7 +256,27 @@ class MemoryBackend:
         now: float,
         expect_limits: int = -1,
     ) -> tuple[LimitState, ...] | Denial | None:
-        with self._lock:
+        refused = self._refused.get(path)
+        if refused is not None:
+            # A saturated limiter refuses again and again: answer from the refusal remembered
+            # below while nothing it depends on can have changed. No lock is needed: entries
+            # are immutable, every mutation clears them (under the lock) before it changes
+            # anything, and a time-driven change (a hold's expiry, a bucket leaving) happens
+            # only past ``until``, or shows in ``meter.used`` if the clock stepped back.
+            asked, expect, until, state, requested, retry_at, rolling, rolling_used = refused
+            if (
+                now < until
+                and expect == expect_limits
+                and (rolling is None or rolling.used == rolling_used)
+                and amounts == asked
+            ):
+                if retry_at is None:
+                    return _new_denial(Denial, (state, requested, None))
+                end = retry_at - now
+                return _new_denial(Denial, (state, requested, end if end > 0.0 else 0.0))
+        lock = self._lock
+        lock.acquire()  # not `with`: half the cost, on every admission
+        try:
             expiry = self._expiry
             if expiry and expiry[0][0] <= now:
                 self._expire(now)
@@ -251,7 +303,9 @@ class MemoryBackend:
                     used = meter.used
                 held = cell[1]
                 if used + held + requested > max_units:  # _core.crosses, inlined
-                    retry_after = None
+                    retry_after = retry_at = None
+                    # Nothing changes this answer before the next hold expires ...
+                    until = expiry[0][0] if expiry else math.inf
                     if meter is not None:
                         # _core.rolling_retry_after: the first bucket whose leaving frees enough.
                         over = used + held + requested - max_units
@@ -259,13 +313,27 @@ class MemoryBackend:
                         for bucket, amount in meter.buckets:  # type: ignore[union-attr]
                             freed += amount
                             if freed >= over:
-                                end = (bucket + window.buckets + 1) * window.granularity_s - now
+                                retry_at = (bucket + window.buckets + 1) * window.granularity_s
+                                end = retry_at - now
                                 retry_after = end if end > 0.0 else 0.0
                                 break
+                        buckets = meter.buckets  # type: ignore[union-attr]
+                        if buckets:
+                            # ... or the oldest bucket leaves (the refresh test above, solved
+                            # for now: exact, as the granularity is a whole number of seconds).
+                            leaves = (buckets[0][0] + window.buckets + 1) * window.granularity_s
+                            until = leaves if leaves < until else until
                     state = _new_state(
                         LimitState, (name, dimension, window_key, max_units, used, held)
                     )
+                    refusals = self._refused
+                    if len(refusals) >= PLAN_CACHE_SIZE:
+                        refusals.clear()
+                    refusals[path] = (
+                        dict(amounts), expect_limits, until, state, requested, retry_at, meter, used
+                    )  # fmt: skip
                     return _new_denial(Denial, (state, requested, retry_after))
+                self._refused.clear()
                 for each, each_dimension in route.cells:
                     each[0] += amounts[each_dimension]
                 if meter is not None:
@@ -319,6 +387,7 @@ class MemoryBackend:
                         LimitState, (name, dimension, window_key, max_units, used + requested, held)
                     )
                 )
+            self._refused.clear()
             for cell, dimension in route.cells:
                 cell[0] += amounts[dimension]
             for _, dimension, _, _, meter, _, _, window in route.checks:
@@ -332,6 +401,8 @@ class MemoryBackend:
                         buckets.append([index, amount])
                     meter.used += amount
             return tuple(checked)
+        finally:
+            lock.release()
 
     def _admit_general(
         self, route: _Route, amounts: Mapping[str, int], now: float
@@ -339,6 +410,7 @@ class MemoryBackend:
         checked = self._check(route, amounts, now, hold=False)
         if checked.__class__ is Denial:
             return checked
+        self._refused.clear()
         for cell, dimension in route.cells:
             cell[0] += amounts[dimension]
         for _, dimension, _, _, meter, _, _, window in route.checks:
@@ -425,6 +497,7 @@ class MemoryBackend:
                     meter.refresh(window_of(window_key), now)
                     if meter.used:
                         return False
+            self._refused.clear()
             del self._scopes[scope]
             self._version += 1
             return True
@@ -436,19 +509,45 @@ class MemoryBackend:
         now: float,
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not `with`: half the cost, on every commit
+        try:
+            self._refused.clear()
             hold = self._holds.pop(reservation_id, None)
             if hold is None:
                 if self._expiry and self._expiry[0][0] <= now:
                     self._expire(now)
                 return self._settle_again(reservation_id, actual, now, metadata)
-            # Past its TTL but not yet reclaimed: drop it all the same, and record as late.
-            self._drop_hold(hold)
-            outcome = self._record(
-                self._current(hold.plan), actual, now, metadata, late=hold.expires_at <= now
-            )
-            self._remember(reservation_id, outcome)
+            _, plan, route, amounts, expires_at = hold
+            for dimension, column in route.columns:  # _drop_hold, inlined
+                amount = amounts[dimension]
+                for cell in column:
+                    cell[1] -= amount
+            if plan.version != self._version:
+                plan = self._current(plan)
+            late = expires_at <= now  # past its TTL but not yet reclaimed: recorded all the same
+            recorded = plan.routes.get(tuple(actual))
+            if recorded is not None and recorded.lifetime and not plan.metered:
+                # _record's lifetime-only case, inlined: add, then the overrun test alone.
+                for dimension, column in recorded.columns:
+                    amount = actual[dimension]
+                    for cell in column:
+                        cell[0] += amount
+                for cell, max_units in recorded.caps:
+                    if cell[0] > max_units:
+                        outcome = self._outcome(plan, recorded, actual, now, metadata, late)
+                        break
+                else:
+                    outcome = CommitOutcome("committed", plan.path, actual, now, (), metadata, late)
+            else:
+                outcome = self._record(plan, actual, now, metadata, late=late)
+            settled = self._settled  # _remember, inlined
+            settled[reservation_id] = outcome
+            if len(settled) >= SETTLED_MEMORY // 2:
+                self._remember(reservation_id, outcome)
             return outcome
+        finally:
+            lock.release()
 
     def charge(
         self,
@@ -460,6 +559,7 @@ class MemoryBackend:
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
         with self._lock:
+            self._refused.clear()
             settled = self._settled_state(charge_id)
             if isinstance(settled, CommitOutcome):
                 return _replayed(settled)
@@ -472,10 +572,11 @@ class MemoryBackend:
 
     def release(self, reservation_id: str, now: float) -> None:
         with self._lock:
+            self._refused.clear()
             hold = self._holds.pop(reservation_id, None)
             if hold is not None:
                 self._drop_hold(hold)
-                if hold.expires_at <= now:
+                if hold[4] <= now:  # expires_at
                     # Lapsed: the same as if expiry had reclaimed it first, so a later commit
                     # is recorded late whichever happened first.
                     self._remember(reservation_id, "expired")
@@ -575,6 +676,18 @@ class MemoryBackend:
                         meter.add(window, now, amount)
                     else:
                         meter.used += amount
+        return self._outcome(plan, route, actual, now, metadata, late)
+
+    def _outcome(
+        self,
+        plan: _Plan,
+        route: _Route,
+        actual: Mapping[str, int],
+        now: float,
+        metadata: Mapping[str, str],
+        late: bool,
+    ) -> CommitOutcome:
+        """The record of a commit just added: with the limits it left over their cap."""
         over: list[LimitState] = []
         for name, dimension, window_key, max_units, limit_meter, cell, _, _ in route.checks:
             if limit_meter.__class__ is PacingMeter:
@@ -608,7 +721,7 @@ class MemoryBackend:
             raise ReservationSettled(reservation_id, "released", "commit")
         # Expired and reclaimed: the spend happened, so record it late (and remember it).
         hold = self._expired.pop(reservation_id)
-        outcome = self._record(self._current(hold.plan), actual, now, metadata, late=True)
+        outcome = self._record(self._current(hold[1]), actual, now, metadata, late=True)
         self._remember(reservation_id, outcome)
         return outcome
 
@@ -619,8 +732,8 @@ class MemoryBackend:
 
     def _drop_hold(self, hold: _Hold) -> None:
         # Cells never move, so a hold's route stays valid across limit changes.
-        amounts = hold.amounts
-        for cell, dimension in hold.route.cells:
+        _, _, route, amounts, _ = hold
+        for cell, dimension in route.cells:
             cell[1] -= amounts[dimension]
 
     def _expire(self, now: float) -> None:
@@ -628,15 +741,19 @@ class MemoryBackend:
         while expiry and expiry[0][0] <= now:
             _, reservation_id = heapq.heappop(expiry)
             hold = self._holds.get(reservation_id)
-            if hold is not None and hold.expires_at <= now:
+            if hold is not None and hold[4] <= now:  # expires_at
+                self._refused.clear()
                 del self._holds[reservation_id]
                 self._drop_hold(hold)
                 self._remember(reservation_id, "expired")
                 self._expired[reservation_id] = hold
 
     def _compact_expiry(self) -> None:
-        self._expiry = [(h.expires_at, rid) for rid, h in self._holds.items()]
-        heapq.heapify(self._expiry)
+        # Rebuilt once stale entries (settled holds) outnumber the live ones: amortised O(1).
+        if len(self._expiry) > 2 * len(self._holds) + 1024:
+            self._expiry = [(hold[4], rid) for rid, hold in self._holds.items()]
+            heapq.heapify(self._expiry)
+        self._compact_at = max(len(self._expiry), 2 * len(self._holds) + 1024)
 
     def _remember(self, reservation_id: str, outcome: CommitOutcome | str) -> None:
         settled = self._settled

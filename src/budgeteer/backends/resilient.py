@@ -296,7 +296,7 @@ class ResilientBackend:
 
     def _local_hold_path(self, reservation_id: str) -> str | None:
         hold = self._local._holds.get(LOCAL + reservation_id)
-        return hold.path if hold is not None else None
+        return hold[0] if hold is not None else None  # the memory backend's (path, ...)
 
     @staticmethod
     def _raise_down(call: Callable[..., T], *args: object) -> T:

@@ -10,11 +10,12 @@ import itertools
 import math
 import os
 import secrets
+import time
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from budgeteer._clock import SYSTEM_CLOCK, Clock
+from budgeteer._clock import SYSTEM_CLOCK, Clock, SystemClock
 from budgeteer.backends.base import (
     UNPRICED,
     Backend,
@@ -22,7 +23,7 @@ from budgeteer.backends.base import (
     Denial,
     ScopeMeters,
 )
-from budgeteer.errors import BudgetExceeded, InvalidInput
+from budgeteer.errors import BackendUnavailable, BudgeteerError, BudgetExceeded, InvalidInput
 from budgeteer.model import (
     LIFETIME,
     Charge,
@@ -56,6 +57,7 @@ ChargeArgs = tuple[str, str, tuple[str, ...], Mapping[str, int], float, Mapping[
 AdmitArgs = tuple[str, tuple[str, ...], Mapping[str, int], float]
 """(path, scopes, amounts, now): ``Backend.admit``'s leading arguments."""
 NO_METADATA: Mapping[str, str] = MappingProxyType({})
+_new = tuple.__new__  # a named tuple without its Python-level __new__ (built on every cycle)
 
 
 def as_usage(value: object, field_name: str) -> Usage:
@@ -80,7 +82,8 @@ class LedgerFrontend:
         self.default_ttl_s = self.check_ttl(default_ttl_s, "default_ttl_s")
         self._new_identity()
         _FRONTENDS.add(self)
-        self._now = self.clock.now
+        # The host's clock read directly: one Python call fewer on every operation.
+        self._now = time.time if type(self.clock) is SystemClock else self.clock.now
 
     def _new_identity(self) -> None:
         # A random prefix keeps ids unique across processes; the counter keeps them cheap.
@@ -96,7 +99,7 @@ class LedgerFrontend:
     def new_id(self, path: str) -> str:
         """A fresh id: ``<root scope>#<random>-<counter>``. The root routes an id to its
         hierarchy's shard (the Redis hash slot); '#' never appears in a scope path."""
-        return f"{self._entry(path)[1]}{next(self._ids):x}"
+        return f"{self._entry(path)[1]}{next(self._ids)}"
 
     def scopes(self, path: str) -> tuple[str, ...]:
         return self._entry(path)[0]
@@ -163,8 +166,68 @@ class LedgerFrontend:
         checked = usage if type(usage) is Usage else as_usage(usage, "usage")
         ttl = self.default_ttl_s if ttl_s is None else self.check_ttl(ttl_s)
         now = self._now()
-        reservation_id = f"{id_prefix}{next(self._ids):x}"
+        reservation_id = f"{id_prefix}{next(self._ids)}"
         return (reservation_id, path, scopes, checked.units, now, now + ttl), checked
+
+    def reserve_now(self, path: str, usage: object, ttl_s: float | None) -> Reservation:
+        """``reserve`` whole, on a backend called directly (the sync driver's hot path).
+
+        The rules of ``reserve_args`` then ``reservation``, written out without the argument
+        tuples between them: a cycle is a few microseconds, and each call is a good part of it.
+        """
+        scopes, id_prefix = self._paths.get(path) or self._entry(path)
+        checked = usage if type(usage) is Usage else as_usage(usage, "usage")
+        ttl = self.default_ttl_s if ttl_s is None else self.check_ttl(ttl_s)
+        now = self._now()
+        reservation_id = f"{id_prefix}{next(self._ids)}"
+        expires_at = now + ttl
+        backend = self.backend
+        try:
+            # checked._units: Usage.units without the property's call
+            result = backend.reserve(reservation_id, path, scopes, checked._units, now, expires_at)
+        except BudgeteerError:
+            raise
+        except Exception as error:
+            raise BackendUnavailable(backend.url, "reserve", repr(error)) from error
+        if result.__class__ is Denial:
+            raise exceeded(result)
+        return _new(Reservation, (reservation_id, path, checked, now, expires_at, result))
+
+    def commit_now(
+        self,
+        reservation: Reservation | str,
+        actual: object,
+        metadata: Mapping[str, object] | None,
+    ) -> Charge:
+        """``commit`` whole, on a backend called directly: ``commit_args`` then ``charge``."""
+        reservation_id = (
+            reservation[0] if type(reservation) is Reservation else self.reservation_id(reservation)
+        )
+        usage = actual if type(actual) is Usage else as_usage(actual, "actual")
+        metadata_ = NO_METADATA if metadata is None else self.check_metadata(metadata)
+        backend = self.backend
+        try:
+            outcome = backend.commit(reservation_id, usage._charged, self._now(), metadata_)
+        except BudgeteerError:
+            raise
+        except Exception as error:
+            raise BackendUnavailable(backend.url, "commit", repr(error)) from error
+        if outcome.status == "replayed":
+            return self.charge(outcome, reservation_id, None)
+        overruns = outcome.overruns
+        return _new(
+            Charge,
+            (
+                reservation_id,
+                outcome.path,
+                usage,
+                outcome.committed_at,
+                tuple(_overrun(s) for s in overruns) if overruns else (),
+                outcome.late,
+                False,
+                outcome.metadata,
+            ),
+        )
 
     def commit_args(
         self,
@@ -173,7 +236,9 @@ class LedgerFrontend:
         metadata: Mapping[str, object] | None,
     ) -> tuple[CommitArgs, Usage]:
         """Validated arguments of ``Backend.commit``, and the actual usage as a ``Usage``."""
-        reservation_id = self.reservation_id(reservation)
+        reservation_id = (
+            reservation[0] if type(reservation) is Reservation else self.reservation_id(reservation)
+        )
         usage = actual if type(actual) is Usage else as_usage(actual, "actual")
         metadata_ = NO_METADATA if metadata is None else self.check_metadata(metadata)
         return (reservation_id, usage.charged_units, self._now(), metadata_), usage
@@ -220,10 +285,10 @@ class LedgerFrontend:
     def reservation(
         args: ReserveArgs, result: tuple[LimitState, ...] | Denial, usage: Usage
     ) -> Reservation:
-        if isinstance(result, Denial):
+        if result.__class__ is Denial:
             raise exceeded(result)
         reservation_id, path, _, _, now, expires_at = args
-        return Reservation(reservation_id, path, usage, now, expires_at, result)
+        return _new(Reservation, (reservation_id, path, usage, now, expires_at, result))
 
     @staticmethod
     def charge(outcome: CommitOutcome, reservation_id: str, usage: Usage | None) -> Charge:
@@ -231,15 +296,19 @@ class LedgerFrontend:
         if actual is None:
             units = {k: v for k, v in outcome.actual.items() if k != UNPRICED}
             actual = Usage.from_units(units, cost_known=UNPRICED not in outcome.actual)
-        return Charge(
-            reservation_id,
-            outcome.path,
-            actual,
-            outcome.committed_at,
-            tuple(_overrun(s) for s in outcome.overruns) if outcome.overruns else (),
-            outcome.late,
-            outcome.status == "replayed",
-            outcome.metadata,
+        overruns = outcome.overruns
+        return _new(
+            Charge,
+            (
+                reservation_id,
+                outcome.path,
+                actual,
+                outcome.committed_at,
+                tuple(_overrun(s) for s in overruns) if overruns else (),
+                outcome.late,
+                outcome.status == "replayed",
+                outcome.metadata,
+            ),
         )
 
     @staticmethod

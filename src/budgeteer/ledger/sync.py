@@ -104,14 +104,7 @@ class Ledger:
             BudgetExceeded: some limit would be crossed; nothing was held.
             InvalidInput: bad path, usage or TTL; nothing was held.
         """
-        args, checked = self._front.reserve_args(path, usage, ttl_s)
-        try:  # _call, inlined on the two hot paths
-            result = self._backend.reserve(*args)
-        except BudgeteerError:
-            raise
-        except Exception as error:
-            raise BackendUnavailable(self._backend.url, "reserve", repr(error)) from error
-        return self._front.reservation(args, result, checked)
+        return self._front.reserve_now(path, usage, ttl_s)
 
     def commit(
         self,
@@ -129,14 +122,7 @@ class Ledger:
             UnknownReservation: no such reservation.
             ReservationSettled: it was released.
         """
-        args, usage = self._front.commit_args(reservation, actual, metadata)
-        try:
-            outcome = self._backend.commit(*args)
-        except BudgeteerError:
-            raise
-        except Exception as error:
-            raise BackendUnavailable(self._backend.url, "commit", repr(error)) from error
-        return self._front.charge(outcome, args[0], None if outcome.status == "replayed" else usage)
+        return self._front.commit_now(reservation, actual, metadata)
 
     def release(self, reservation: Reservation | str) -> None:
         """Free the hold; a second release is a no-op.
