@@ -13,7 +13,6 @@ sync deadline is checked at every admission and at the end of each step.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 import logging
 import math
@@ -29,8 +28,10 @@ from typing import TYPE_CHECKING, Literal
 from budgeteer.errors import BudgetExceeded, InvalidInput, StepTimeout
 from budgeteer.ledger import AsyncLedger, Ledger
 from budgeteer.model import (
+    Amount,
     Limit,
     LimitHeadroom,
+    LimitState,
     Reservation,
     Usage,
     Window,
@@ -287,7 +288,7 @@ class _RunState:
         if self.policy is not None or any(
             s.max_units and s.used + s.held >= self.warn_at * s.max_units for s in states
         ):
-            self.saw(reservation.headroom)  # API units are needed: convert
+            self.saw([_headroom(s) for s in states])  # API units are needed: convert
 
     def saw(self, heads: Sequence[LimitHeadroom]) -> None:
         """Warn about any limit an admission pushed past the soft threshold; feed the policy."""
@@ -316,18 +317,22 @@ class _RunState:
     def reconciled(self, reservation: Reservation, actual: Usage) -> None:
         """Bring the policy's view of the path up to date with a commit (no I/O): the hold
         leaves ``held`` and the actual usage joins ``used`` on every limit it touched."""
-        if not self.heads:
+        heads = self.heads
+        if not heads:
             return
         reserved, spent = reservation.usage.units, actual.units
-        for key, head in self.heads.items():
+        for key, head in heads.items():
             dimension = head.dimension
             held, used = reserved.get(dimension, 0), spent.get(dimension, 0)
             if not (held or used):
                 continue
-            self.heads[key] = dataclasses.replace(
-                head,
-                used=head.used + from_units(dimension, used),  # type: ignore[operator]
-                held=max(head.held - from_units(dimension, held), 0),  # type: ignore[operator,arg-type]
+            heads[key] = LimitHeadroom(
+                head.scope,
+                dimension,
+                head.window,
+                head.limit,
+                head.used + _amount(dimension, used),  # type: ignore[operator]
+                max(head.held - _amount(dimension, held), 0),  # type: ignore[operator,arg-type]
             )
         self.observe(())  # a commit past a threshold fires its rung before the next call
 
@@ -337,9 +342,10 @@ class _RunState:
         """Remember what an admission or peek saw, and fire every rung it reaches (latching)."""
         for head in heads:
             self.heads[head.scope, head.dimension, head.window] = head
-        if self.policy is None:
+        policy = self.policy
+        if policy is None or len(self.fired) == len(policy.ladder):  # every rung has latched
             return
-        for rung in self.policy.ladder:
+        for rung in policy.ladder:
             if rung in self.fired:
                 continue
             reached = next((h for h in self.heads.values() if rung.reached_by(h)), None)
@@ -571,6 +577,36 @@ class _RunState:
             grants=tuple(self.grants),
             wrapped_up=self.wrapped_up,
         )
+
+
+_AMOUNTS: dict[tuple[str, int], Amount] = {}
+"""``from_units`` memoised: a path's scopes repeat the same limits, holds and commits, and
+converting nano-dollars to ``Decimal`` is the costly part of reading a reservation's limits."""
+_MAX_AMOUNTS = 4096
+
+
+def _amount(dimension: str, units: int) -> Amount:
+    """``from_units(dimension, units)``, memoised (the result is immutable)."""
+    key = (dimension, units)
+    amount = _AMOUNTS.get(key)
+    if amount is None:
+        if len(_AMOUNTS) >= _MAX_AMOUNTS:
+            _AMOUNTS.clear()  # a bound, not an LRU: a run's values recur within a few calls
+        amount = _AMOUNTS[key] = from_units(dimension, units)
+    return amount
+
+
+def _headroom(state: LimitState) -> LimitHeadroom:
+    """``LimitHeadroom.from_state(state)``, with the amounts converted through the memo."""
+    dimension = state.dimension
+    return LimitHeadroom(
+        state.scope,
+        dimension,
+        Window.from_key(state.window_key),
+        _amount(dimension, state.max_units),
+        _amount(dimension, state.used),
+        _amount(dimension, state.held),
+    )
 
 
 def _wall_time_cap(limits: Iterable[Limit]) -> float | None:

@@ -246,6 +246,12 @@ class CallPlan:
     """The rungs in force, in the order they fired."""
 
 
+_BOUNDS_OUTPUT: frozenset[str] = frozenset({"output_tokens", "total_tokens", "cost_usd"})
+"""The dimensions whose limits bound a call's output."""
+_MILLION_OUTPUT_TOKENS = Usage(output_tokens=1_000_000)
+"""What ``affordable_output_tokens`` prices to learn the output price (a Usage is immutable)."""
+
+
 def affordable_output_tokens(
     heads: Iterable[LimitHeadroom],
     input_tokens: int,
@@ -259,16 +265,19 @@ def affordable_output_tokens(
     rooms: list[int] = []
     cost_room: Decimal | None = None
     for head in heads:
+        dimension = head.dimension
+        if dimension not in _BOUNDS_OUTPUT:
+            continue
         room = Decimal(head.limit) - Decimal(head.used) - Decimal(head.held)
-        if head.dimension == "output_tokens":
+        if dimension == "output_tokens":
             rooms.append(int(room))
-        elif head.dimension == "total_tokens":
+        elif dimension == "total_tokens":
             rooms.append(int(room) - input_tokens)
-        elif head.dimension == "cost_usd":
+        else:
             cost_room = room if cost_room is None else min(cost_room, room)
     if cost_room is not None and price_of is not None:
         input_cost = price_of(Usage(input_tokens=input_tokens)) if input_tokens else Decimal(0)
-        million = price_of(Usage(output_tokens=1_000_000))
+        million = price_of(_MILLION_OUTPUT_TOKENS)
         if input_cost is not None and million:
             rooms.append(math.floor((cost_room - input_cost) * 1_000_000 / million))
     if not rooms:

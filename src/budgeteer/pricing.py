@@ -289,6 +289,9 @@ class Price:
 _Rate: TypeAlias = Decimal | tuple[Decimal, tuple[tuple[int, Decimal], ...]]
 """A flat price, or ``(base, ((start, price), ...))`` with tiers in ascending ``start``."""
 
+_Applied: TypeAlias = tuple[Decimal | None, ...]
+"""The prices one request pays, in ``_Rates`` field order (input ... requests_per_k)."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Rates:
@@ -302,6 +305,8 @@ class _Rates:
     reasoning: _Rate | None
     requests_per_k: _Rate | None
     tiered: bool = field(init=False)
+    flat: _Applied = field(init=False)
+    """Without tiers: the prices every request pays, picked once (``_pick`` is not needed)."""
 
     def __post_init__(self) -> None:
         rates = (
@@ -313,7 +318,33 @@ class _Rates:
             self.reasoning,
             self.requests_per_k,
         )
-        object.__setattr__(self, "tiered", any(isinstance(r, tuple) for r in rates))
+        tiered = any(isinstance(r, tuple) for r in rates)
+        object.__setattr__(self, "tiered", tiered)
+        flat = () if tiered else tuple(r if isinstance(r, Decimal) else None for r in rates)
+        object.__setattr__(self, "flat", flat)
+
+    def applied(self, input_tokens: int) -> tuple[_Applied, bool]:
+        """The prices a request with ``input_tokens`` pays, and whether a long-context tier did."""
+        if not self.tiered:
+            return self.flat, False
+        long_context = False
+        prices: list[Decimal | None] = []
+        for rate in (
+            self.input,
+            self.output,
+            self.cache_read,
+            self.cache_write,
+            self.cache_write_1h,
+            self.reasoning,
+            self.requests_per_k,
+        ):
+            if rate is None:
+                prices.append(None)
+                continue
+            price, tiered = _pick(rate, input_tokens)
+            long_context = long_context or tiered
+            prices.append(price)
+        return tuple(prices), long_context
 
 
 def _pick(rate: _Rate, input_tokens: int) -> tuple[Decimal, bool]:
@@ -346,24 +377,16 @@ def _compute(
         # An empty or partial price table (e.g. a subscription-only or audio-priced model) is
         # "no price", not "free": pricing it would be a silent zero.
         return None
-    threshold_tokens = input_tokens if rates.tiered else 0
-    long_context = False
-
-    def applied(rate: _Rate | None) -> Decimal | None:
-        nonlocal long_context
-        if rate is None:
-            return None
-        price, tiered = _pick(rate, threshold_tokens)
-        long_context = long_context or tiered
-        return price
-
-    input_price = applied(rates.input)
-    output_price = applied(rates.output)
-    cache_read_price = applied(rates.cache_read)
-    cache_write_price = applied(rates.cache_write)
-    cache_write_1h_price = applied(rates.cache_write_1h)
-    reasoning_price = applied(rates.reasoning)
-    request_price = applied(rates.requests_per_k)
+    prices, long_context = rates.applied(input_tokens)
+    (
+        input_price,
+        output_price,
+        cache_read_price,
+        cache_write_price,
+        cache_write_1h_price,
+        reasoning_price,
+        request_price,
+    ) = prices
 
     # Leaf counts, as genai-prices' decompose.compute_leaf_values: a more specific unit that has
     # a price is carved out of its parent, so every token is charged exactly once.
@@ -447,7 +470,15 @@ def _genai_rate(value: object) -> _Rate | None:
 class _GenaiModel:
     """One resolved genai-prices model, with its price tables cached per active variant set."""
 
-    __slots__ = ("_conditionals", "_rates", "_variants", "model_id", "provider_id", "static")
+    __slots__ = (
+        "_conditionals",
+        "_rates",
+        "_variants",
+        "model_id",
+        "provider_id",
+        "static",
+        "static_base",
+    )
 
     def __init__(self, provider: Provider, model: ModelInfo) -> None:
         from genai_prices.types import ModelPrice as GenaiModelPrice
@@ -472,12 +503,19 @@ class _GenaiModel:
             and self._conditionals[0][0] is None
             and all(variant.constraint is None for variant in self._variants)
         )
+        # Without a price context the variants do not apply: then only the conditionals matter.
+        self.static_base = len(self._conditionals) == 1 and self._conditionals[0][0] is None
         self._rates: dict[tuple[int, tuple[int, ...]], _Rates] = {}
 
     def rates(
         self, context: Mapping[str, str], at: datetime | None
     ) -> tuple[_Rates, tuple[str, ...]]:
         """The price table for a request with ``context`` at time ``at`` (``None``: static)."""
+        if at is None and not context:
+            # The common case (a static price, no variant asked for) is one cached table.
+            plain = self._rates.get(_PLAIN)
+            if plain is not None:
+                return plain, ()
         # Mirrors genai-prices' ModelInfo.get_prices: the last active conditional price wins;
         # matching variants override it key by key, the first match per key taking precedence.
         chosen = 0
@@ -522,6 +560,10 @@ class _GenaiModel:
             reasoning=_genai_rate(values.get("output_reasoning_mtok")),
             requests_per_k=_genai_rate(values.get("requests_kcount")),
         )
+
+
+_PLAIN: Final = (0, ())
+"""The ``_GenaiModel._rates`` key of the base price table with no variant matched."""
 
 
 @lru_cache(maxsize=4096)
@@ -675,7 +717,7 @@ class Pricing:
         resolved = _resolve(model, provider)
         if resolved is not None:
             when = None
-            if not resolved.static:
+            if not (resolved.static or (resolved.static_base and not context)):
                 when = at if at is not None else datetime.fromtimestamp(self._clock.now(), UTC)
             table, variants = resolved.rates(context, when)
             price = _compute(
