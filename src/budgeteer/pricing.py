@@ -359,25 +359,23 @@ def _pick(rate: _Rate, input_tokens: int) -> tuple[Decimal, bool]:
     return base, False
 
 
-def _compute(
-    rates: _Rates,
-    usage: Usage,
-    *,
+def _priceable(rates: _Rates, input_tokens: int, output_tokens: int) -> bool:
+    """False if a token kind the request used has no price at all in ``rates``."""
+    # An empty or partial price table (e.g. a subscription-only or audio-priced model) is
+    # "no price", not "free": pricing it would be a silent zero.
+    return not ((input_tokens and rates.input is None) or (output_tokens and rates.output is None))
+
+
+def _leaf_cost(
+    prices: _Applied,
+    input_tokens: int,
+    cache_read_tokens: int,
+    cache_write_tokens: int,
     cache_write_1h_tokens: int,
-    model: str,
-    resolved: str | None,
-    provider: str | None,
-    source: str,
-    variants: tuple[str, ...] = (),
-) -> Price | None:
-    """Price ``usage`` with ``rates``; ``None`` if a token kind it used has no price at all."""
-    input_tokens = usage.input_tokens
-    output_tokens = usage.output_tokens
-    if (input_tokens and rates.input is None) or (output_tokens and rates.output is None):
-        # An empty or partial price table (e.g. a subscription-only or audio-priced model) is
-        # "no price", not "free": pricing it would be a silent zero.
-        return None
-    prices, long_context = rates.applied(input_tokens)
+    output_tokens: int,
+    reasoning_tokens: int,
+) -> Decimal:
+    """The cost of a request's tokens at the ``prices`` it pays (from ``_Rates.applied``)."""
     (
         input_price,
         output_price,
@@ -387,13 +385,12 @@ def _compute(
         reasoning_price,
         request_price,
     ) = prices
-
     # Leaf counts, as genai-prices' decompose.compute_leaf_values: a more specific unit that has
     # a price is carved out of its parent, so every token is charged exactly once.
-    cache_read = usage.cache_read_tokens if cache_read_price is not None else 0
+    cache_read = cache_read_tokens if cache_read_price is not None else 0
     cache_write_1h = cache_write_1h_tokens if cache_write_1h_price is not None else 0
-    cache_write = usage.cache_write_tokens - cache_write_1h if cache_write_price is not None else 0
-    reasoning = usage.reasoning_tokens if reasoning_price is not None else 0
+    cache_write = cache_write_tokens - cache_write_1h if cache_write_price is not None else 0
+    reasoning = reasoning_tokens if reasoning_price is not None else 0
     parts = (
         (input_price, input_tokens - cache_read - cache_write - cache_write_1h),
         (cache_read_price, cache_read),
@@ -408,7 +405,41 @@ def _compute(
             cost += price * count / _MTOK
     if request_price is not None:
         cost += request_price / _KCOUNT
+    return cost
 
+
+def _compute(
+    rates: _Rates,
+    usage: Usage,
+    *,
+    cache_write_1h_tokens: int,
+    model: str,
+    resolved: str | None,
+    provider: str | None,
+    source: str,
+    variants: tuple[str, ...] = (),
+) -> Price:
+    """Price ``usage`` with ``rates`` (``_priceable`` for it)."""
+    input_tokens = usage.input_tokens
+    prices, long_context = rates.applied(input_tokens)
+    cost = _leaf_cost(
+        prices,
+        input_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        cache_write_1h_tokens,
+        usage.output_tokens,
+        usage.reasoning_tokens,
+    )
+    (
+        input_price,
+        output_price,
+        cache_read_price,
+        cache_write_price,
+        cache_write_1h_price,
+        reasoning_price,
+        request_price,
+    ) = prices
     cache_read_price = cache_read_price if cache_read_price is not None else input_price
     cache_write_price = cache_write_price if cache_write_price is not None else input_price
     if cache_write_1h_price is None:
@@ -700,39 +731,68 @@ class Pricing:
         if at is not None and not isinstance(at, datetime):
             raise InvalidInput("at", at, "expected a datetime")
 
-        rates = self._overrides.get(model)
-        if rates is not None:
-            price = _compute(
-                rates,
-                usage,
-                cache_write_1h_tokens=cache_write_1h_tokens,
-                model=model,
-                resolved=model,
-                provider=provider,
-                source="override",
-            )
-            if price is not None:  # always: an override prices both input and output
-                return price
+        found = self._table(model, provider, context, at, usage.input_tokens, usage.output_tokens)
+        if found is None:
+            return self._unknown(model, provider)
+        rates, resolved, provider_id, source, variants = found
+        return _compute(
+            rates,
+            usage,
+            cache_write_1h_tokens=cache_write_1h_tokens,
+            model=model,
+            resolved=resolved,
+            provider=provider_id,
+            source=source,
+            variants=variants,
+        )
 
+    def _token_cost(
+        self, model: str, input_tokens: int, output_tokens: int, provider: str | None
+    ) -> Decimal | None:
+        """``price(model, Usage(input_tokens=..., output_tokens=...), provider=...).cost_usd``
+        without building the ``Usage`` or the ``Price``: the policy prices two such probes per
+        planned call. The token counts must be valid ``Usage`` amounts."""
+        _check_name("model", model)
+        if provider is not None:
+            _check_name("provider", provider)
+        found = self._table(model, provider, _NO_CONTEXT, None, input_tokens, output_tokens)
+        if found is None:
+            return self._unknown(model, provider).cost_usd
+        prices, _ = found[0].applied(input_tokens)
+        return _leaf_cost(prices, input_tokens, 0, 0, 0, output_tokens, 0)
+
+    def _table(
+        self,
+        model: str,
+        provider: str | None,
+        context: Mapping[str, str],
+        at: datetime | None,
+        input_tokens: int,
+        output_tokens: int,
+    ) -> tuple[_Rates, str | None, str | None, str, tuple[str, ...]] | None:
+        """The first price table that prices the request: an override, genai-prices' table,
+        the fallback. With it: the resolved model, the provider, the source and the variants."""
+        rates = self._overrides.get(model)
+        # An override always prices both input and output.
+        if rates is not None and _priceable(rates, input_tokens, output_tokens):
+            return rates, model, provider, "override", ()
         resolved = _resolve(model, provider)
         if resolved is not None:
             when = None
+            # Without a price context only the conditional prices can move with time.
             if not (resolved.static or (resolved.static_base and not context)):
                 when = at if at is not None else datetime.fromtimestamp(self._clock.now(), UTC)
             table, variants = resolved.rates(context, when)
-            price = _compute(
-                table,
-                usage,
-                cache_write_1h_tokens=cache_write_1h_tokens,
-                model=model,
-                resolved=resolved.model_id,
-                provider=resolved.provider_id,
-                source=_genai_source(),
-                variants=variants,
-            )
-            if price is not None:
-                return price
-        return self._unknown(model, usage, provider, cache_write_1h_tokens)
+            if _priceable(table, input_tokens, output_tokens):
+                return table, resolved.model_id, resolved.provider_id, _genai_source(), variants
+        fallback = self._fallback
+        if (
+            self._policy == "fallback"
+            and fallback is not None
+            and _priceable(fallback, input_tokens, output_tokens)
+        ):
+            return fallback, None, provider, "fallback", ()
+        return None
 
     def priced(
         self,
@@ -763,21 +823,8 @@ class Pricing:
         )
         return usage.replace(cost_usd=found.cost_usd)
 
-    def _unknown(
-        self, model: str, usage: Usage, provider: str | None, cache_write_1h_tokens: int
-    ) -> Price:
-        if self._policy == "fallback" and self._fallback is not None:
-            price = _compute(
-                self._fallback,
-                usage,
-                cache_write_1h_tokens=cache_write_1h_tokens,
-                model=model,
-                resolved=None,
-                provider=provider,
-                source="fallback",
-            )
-            if price is not None:
-                return price
+    def _unknown(self, model: str, provider: str | None) -> Price:
+        """No table prices the request: an unknown cost, or ``UnknownModel``."""
         if self._policy == "count_without_cost":
             return Price(
                 cost_usd=None,
