@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Literal
 from budgeteer.errors import BudgetExceeded, InvalidInput, StepTimeout
 from budgeteer.ledger import AsyncLedger, Ledger
 from budgeteer.model import (
+    MAX_UNITS,
     Amount,
     Limit,
     LimitHeadroom,
@@ -207,7 +208,7 @@ class _RunState:
         self.open_holds: dict[str, Reservation] = {}
         self.policy = policy
         # What the last admission (or the peek on entry) saw of each limit on the path.
-        self.heads: dict[tuple[str, str, Window], LimitHeadroom] = {}
+        self.heads: dict[tuple[str, str, str], LimitHeadroom] = {}
         self.fired: list[Degrade] = []
         self.summary_hold: Reservation | None = None
         self.wrapped_up = False
@@ -238,11 +239,20 @@ class _RunState:
                 isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0
             ):
                 raise InvalidInput("max_tokens", max_tokens, "expected a whole number >= 0")
-            usage = Usage(
-                input_tokens=_prompt_size(prompt, prompt_tokens),
-                output_tokens=self.default_max_tokens if max_tokens is None else max_tokens,
-                requests=1,
-            )
+            input_tokens = _prompt_size(prompt, prompt_tokens)
+            output_tokens = self.default_max_tokens if max_tokens is None else max_tokens
+            pricing = self.pricing
+            fits = input_tokens + output_tokens <= MAX_UNITS
+            if model is not None and pricing is not None and fits:
+                # Priced from the counts, so the Usage is built once (a valid one: both fit).
+                cost = pricing._token_cost(model, input_tokens, output_tokens, provider)
+                return Usage(
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    requests=1,
+                    cost_usd=cost,
+                )
+            usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens, requests=1)
         if usage.cost_usd is None and model is not None and self.pricing is not None:
             usage = usage.with_cost(self.pricing.price(model, usage, provider=provider).cost_usd)
         return usage
@@ -296,8 +306,10 @@ class _RunState:
             if not head.limit:
                 continue
             fraction = head.fraction
+            if fraction < self.warn_at:
+                continue
             key = (head.scope, head.dimension, head.window)
-            if fraction < self.warn_at or key in self.warned:
+            if key in self.warned:
                 continue
             self.warned.add(key)
             warning = BudgetWarning(head.scope, head.dimension, head.window, fraction, head.limit)
@@ -321,18 +333,26 @@ class _RunState:
         if not heads:
             return
         reserved, spent = reservation.usage.units, actual.units
+        # (used, held) deltas in API units, converted once per dimension; () where none.
+        deltas: dict[str, tuple[Amount, Amount] | tuple[()]] = {}
         for key, head in heads.items():
             dimension = head.dimension
-            held, used = reserved.get(dimension, 0), spent.get(dimension, 0)
-            if not (held or used):
+            delta = deltas.get(dimension)
+            if delta is None:
+                held, used = reserved.get(dimension, 0), spent.get(dimension, 0)
+                delta = deltas[dimension] = (
+                    (_amount(dimension, used), _amount(dimension, held)) if held or used else ()
+                )
+            if not delta:
                 continue
+            added, freed = delta
             heads[key] = LimitHeadroom(
                 head.scope,
                 dimension,
                 head.window,
                 head.limit,
-                head.used + _amount(dimension, used),  # type: ignore[operator]
-                max(head.held - _amount(dimension, held), 0),  # type: ignore[operator,arg-type]
+                head.used + added,  # type: ignore[operator]
+                max(head.held - freed, 0),  # type: ignore[operator,arg-type]
             )
         self.observe(())  # a commit past a threshold fires its rung before the next call
 
@@ -341,7 +361,8 @@ class _RunState:
     def observe(self, heads: Iterable[LimitHeadroom]) -> None:
         """Remember what an admission or peek saw, and fire every rung it reaches (latching)."""
         for head in heads:
-            self.heads[head.scope, head.dimension, head.window] = head
+            # Keyed by the window's storage key: a Window hashes all its fields on every lookup.
+            self.heads[head.scope, head.dimension, head.window.key] = head
         policy = self.policy
         if policy is None or len(self.fired) == len(policy.ladder):  # every rung has latched
             return
