@@ -245,7 +245,7 @@ class _RunState:
             fits = input_tokens + output_tokens <= MAX_UNITS
             if model is not None and pricing is not None and fits:
                 # Priced from the counts, so the Usage is built once (a valid one: both fit).
-                cost = pricing._token_cost(model, input_tokens, output_tokens, provider)
+                cost = pricing._token_cost(model, input_tokens, output_tokens, provider, 1)
                 return Usage(
                     input_tokens=input_tokens,
                     output_tokens=output_tokens,

@@ -747,11 +747,20 @@ class Pricing:
         )
 
     def _token_cost(
-        self, model: str, input_tokens: int, output_tokens: int, provider: str | None
+        self,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        provider: str | None,
+        requests: int = 0,
     ) -> Decimal | None:
-        """``price(model, Usage(input_tokens=..., output_tokens=...), provider=...).cost_usd``
-        without building the ``Usage`` or the ``Price``: the policy prices two such probes per
-        planned call. The token counts must be valid ``Usage`` amounts."""
+        """``price(model, Usage(input_tokens=, output_tokens=, requests=), provider=).cost_usd``
+        without building the ``Usage`` or the ``Price`` (the guard prices each call's estimate
+        and the policy two probes per plan). The counts must be valid ``Usage`` amounts."""
+        if type(self).price is not _PRICE:
+            # A subclass reprices (LiteLLMPricing reads provider prefixes): ask it.
+            usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens, requests=requests)
+            return self.price(model, usage, provider=provider).cost_usd
         _check_name("model", model)
         if provider is not None:
             _check_name("provider", provider)
@@ -834,6 +843,10 @@ class Pricing:
                 source="unpriced",
             )
         raise UnknownModel(model, provider)
+
+
+_PRICE: Final = Pricing.price
+"""``Pricing.price`` itself: ``_token_cost`` takes its shortcut only where it is not overridden."""
 
 
 def _price_context(
