@@ -81,7 +81,7 @@ def estimate_prompt_tokens(prompt: str | Sequence[object] | None) -> int:
         return -(-len(prompt.encode()) // BYTES_PER_TOKEN)
     total = 0
     for message in prompt:
-        total += TOKENS_PER_MESSAGE + estimate_prompt_tokens(_message_text(message))
+        total += TOKENS_PER_MESSAGE - (-len(_message_text(message).encode()) // BYTES_PER_TOKEN)
     return total
 
 
@@ -99,7 +99,7 @@ def _prompt_size(prompt: str | Sequence[object] | None, prompt_tokens: int | Non
 def _message_text(message: object) -> str:
     if isinstance(message, str):
         return message
-    if isinstance(message, Mapping):
+    if type(message) is dict or isinstance(message, Mapping):  # dict first: an ABC check is slow
         content = message.get("content")
         if isinstance(content, str):
             return content

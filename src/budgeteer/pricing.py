@@ -29,7 +29,11 @@ Accounting rules (the traps are all here):
 Performance: resolving a model name is cached (``functools.lru_cache``), and so is the price
 table of each (model, active price variants) pair, so a repeated ``price()`` call does a few
 dictionary lookups and some ``Decimal`` arithmetic: genai-prices' own ``calc_price`` re-validates
-its unit registry on every call and costs roughly ten times as much.
+its unit registry on every call and costs roughly ten times as much. A table without tiers
+has its prices picked once, and a model whose only dated prices are variants reads no clock
+when no variant is asked for. The run guard prices its estimates and the policy's probes from
+bare token counts (``Pricing._token_cost``: the same tables and arithmetic, no ``Usage`` or
+``Price`` built), except through a subclass that overrides ``price``.
 """
 
 from __future__ import annotations
