@@ -20,7 +20,7 @@ from budgeteer import (
     Usage,
 )
 from budgeteer.guard import AsyncRunGuard, RunGuard
-from budgeteer.pricing import Pricing
+from budgeteer.pricing import Price, Pricing
 
 ORG = "org:acme"
 RUN = "org:acme/session:s1"
@@ -142,6 +142,32 @@ def test_max_tokens_is_clamped_to_what_the_tightest_limit_affords(tmp_path: Path
         # Without a policy nothing is clamped.
         with RunGuard(ledger, "org:beta/session:s3", pricing=pricing) as run:
             assert run.plan_call("gpt-4o", prompt=prompt, max_tokens=4000).max_tokens == 4000
+
+
+def test_a_pricing_subclass_prices_the_estimate_and_the_clamp(ledger: Ledger) -> None:
+    """The guard's shortcuts still go through an overridden ``price`` (as LiteLLMPricing's)."""
+
+    class Prefixed(Pricing):
+        __slots__ = ()
+
+        def price(self, model: str, usage: Usage, **kwargs: object) -> Price:  # type: ignore[override]
+            return super().price(model.removeprefix("acme/"), usage, **kwargs)  # type: ignore[arg-type]
+
+    plain = Pricing()
+    prompt = "p" * 300  # 100 tokens by the offline estimate
+    ledger.set_limit(ORG, Limit("cost_usd", "0.01"))
+    with RunGuard(ledger, RUN, policy=Policy(), pricing=Prefixed()) as run:
+        plan = run.plan_call("acme/gpt-4o", prompt=prompt)
+        with run.model_call("acme/gpt-4o", prompt=prompt, max_tokens=plan.max_tokens) as call:
+            estimate = call.estimate
+            call.settle(Usage(input_tokens=100, output_tokens=10))
+    input_cost = plain.price("gpt-4o", Usage(input_tokens=100)).cost_usd
+    per_million = plain.price("gpt-4o", Usage(output_tokens=1_000_000)).cost_usd
+    assert input_cost is not None
+    assert per_million is not None
+    assert plan.max_tokens == int((Decimal("0.01") - input_cost) * 1_000_000 / per_million)
+    expected = Usage(input_tokens=100, output_tokens=plan.max_tokens, requests=1)
+    assert estimate == expected.with_cost(plain.price("gpt-4o", expected).cost_usd)
 
 
 # -- exhaustion ---------------------------------------------------------------------------------

@@ -710,3 +710,73 @@ def test_bad_pricing_configuration_is_refused() -> None:
     with pytest.raises(InvalidInput) as caught:
         Pricing(overrides={"": price})
     assert (caught.value.field, caught.value.value) == ("overrides", "")
+
+
+# --------------------------------------------------------------------------------------------
+# The guard's shortcut: pricing token counts without building a Usage or a Price
+
+_SHORTCUT_PRICINGS = {
+    "refuse": lambda clock: Pricing(clock=clock),
+    "count_without_cost": lambda clock: Pricing(unknown_model="count_without_cost", clock=clock),
+    "fallback with an override": lambda clock: Pricing(
+        overrides={"gpt-4o": ModelPrice(input_usd_per_mtok="1.5", output_usd_per_mtok="6")},
+        unknown_model="fallback",
+        fallback=ModelPrice(input_usd_per_mtok=3, output_usd_per_mtok=15),
+        clock=clock,
+    ),
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    provider_model=st.sampled_from([*PROVIDER_MODELS, (None, "gpt-4o"), (None, "no-such-model")]),
+    input_tokens=st.integers(0, 3_000_000),
+    output_tokens=st.sampled_from([0, 1, 256, 4096, 1_000_000]),
+    requests=st.sampled_from([0, 1]),
+    kind=st.sampled_from(sorted(_SHORTCUT_PRICINGS)),
+    at=st.sampled_from([BEFORE_TIERS, AT, datetime(2024, 3, 1, tzinfo=UTC)]),
+)
+def test_token_cost_is_what_price_answers(
+    provider_model: tuple[str | None, str],
+    input_tokens: int,
+    output_tokens: int,
+    requests: int,
+    kind: str,
+    at: datetime,
+) -> None:
+    provider, model = provider_model
+    pricing = _SHORTCUT_PRICINGS[kind](FakeClock(start=at.timestamp()))
+    usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens, requests=requests)
+    try:
+        expected: object = pricing.price(model, usage, provider=provider).cost_usd
+    except UnknownModel as error:
+        expected = (type(error), error.model, error.provider)
+    try:
+        got: object = pricing._token_cost(model, input_tokens, output_tokens, provider, requests)
+    except UnknownModel as error:
+        got = (type(error), error.model, error.provider)
+    assert got == expected
+    if isinstance(expected, Decimal):
+        assert str(got) == str(expected)  # the same arithmetic, so the same digits
+
+
+def test_token_cost_checks_names_as_price_does(pricing: Pricing) -> None:
+    for model, provider, field_name in (("", None, "model"), ("gpt-4o", " ", "provider")):
+        with pytest.raises(InvalidInput) as caught:
+            pricing._token_cost(model, 10, 10, provider)
+        assert caught.value.field == field_name
+
+
+def test_token_cost_goes_through_a_subclass_that_reprices() -> None:
+    seen: list[tuple[str, Usage, str | None]] = []
+
+    class Prefixed(Pricing):
+        __slots__ = ()
+
+        def price(self, model: str, usage: Usage, **kwargs: object) -> Price:  # type: ignore[override]
+            seen.append((model, usage, kwargs.get("provider")))  # type: ignore[arg-type]
+            return super().price(model.removeprefix("openai/"), usage, **kwargs)  # type: ignore[arg-type]
+
+    cost = Prefixed()._token_cost("openai/gpt-4o", 100, 20, None, 1)
+    assert seen == [("openai/gpt-4o", Usage(input_tokens=100, output_tokens=20, requests=1), None)]
+    assert cost == Pricing().price("gpt-4o", Usage(input_tokens=100, output_tokens=20)).cost_usd

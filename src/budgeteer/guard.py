@@ -13,7 +13,6 @@ sync deadline is checked at every admission and at the end of each step.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 import logging
 import math
@@ -29,8 +28,11 @@ from typing import TYPE_CHECKING, Literal
 from budgeteer.errors import BudgetExceeded, InvalidInput, StepTimeout
 from budgeteer.ledger import AsyncLedger, Ledger
 from budgeteer.model import (
+    MAX_UNITS,
+    Amount,
     Limit,
     LimitHeadroom,
+    LimitState,
     Reservation,
     Usage,
     Window,
@@ -79,7 +81,7 @@ def estimate_prompt_tokens(prompt: str | Sequence[object] | None) -> int:
         return -(-len(prompt.encode()) // BYTES_PER_TOKEN)
     total = 0
     for message in prompt:
-        total += TOKENS_PER_MESSAGE + estimate_prompt_tokens(_message_text(message))
+        total += TOKENS_PER_MESSAGE - (-len(_message_text(message).encode()) // BYTES_PER_TOKEN)
     return total
 
 
@@ -97,7 +99,7 @@ def _prompt_size(prompt: str | Sequence[object] | None, prompt_tokens: int | Non
 def _message_text(message: object) -> str:
     if isinstance(message, str):
         return message
-    if isinstance(message, Mapping):
+    if type(message) is dict or isinstance(message, Mapping):  # dict first: an ABC check is slow
         content = message.get("content")
         if isinstance(content, str):
             return content
@@ -206,7 +208,7 @@ class _RunState:
         self.open_holds: dict[str, Reservation] = {}
         self.policy = policy
         # What the last admission (or the peek on entry) saw of each limit on the path.
-        self.heads: dict[tuple[str, str, Window], LimitHeadroom] = {}
+        self.heads: dict[tuple[str, str, str], LimitHeadroom] = {}
         self.fired: list[Degrade] = []
         self.summary_hold: Reservation | None = None
         self.wrapped_up = False
@@ -237,11 +239,20 @@ class _RunState:
                 isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0
             ):
                 raise InvalidInput("max_tokens", max_tokens, "expected a whole number >= 0")
-            usage = Usage(
-                input_tokens=_prompt_size(prompt, prompt_tokens),
-                output_tokens=self.default_max_tokens if max_tokens is None else max_tokens,
-                requests=1,
-            )
+            input_tokens = _prompt_size(prompt, prompt_tokens)
+            output_tokens = self.default_max_tokens if max_tokens is None else max_tokens
+            pricing = self.pricing
+            fits = input_tokens + output_tokens <= MAX_UNITS
+            if model is not None and pricing is not None and fits:
+                # Priced from the counts, so the Usage is built once (a valid one: both fit).
+                cost = pricing._token_cost(model, input_tokens, output_tokens, provider, 1)
+                return Usage(
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    requests=1,
+                    cost_usd=cost,
+                )
+            usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens, requests=1)
         if usage.cost_usd is None and model is not None and self.pricing is not None:
             usage = usage.with_cost(self.pricing.price(model, usage, provider=provider).cost_usd)
         return usage
@@ -287,7 +298,7 @@ class _RunState:
         if self.policy is not None or any(
             s.max_units and s.used + s.held >= self.warn_at * s.max_units for s in states
         ):
-            self.saw(reservation.headroom)  # API units are needed: convert
+            self.saw([_headroom(s) for s in states])  # API units are needed: convert
 
     def saw(self, heads: Sequence[LimitHeadroom]) -> None:
         """Warn about any limit an admission pushed past the soft threshold; feed the policy."""
@@ -295,8 +306,10 @@ class _RunState:
             if not head.limit:
                 continue
             fraction = head.fraction
+            if fraction < self.warn_at:
+                continue
             key = (head.scope, head.dimension, head.window)
-            if fraction < self.warn_at or key in self.warned:
+            if key in self.warned:
                 continue
             self.warned.add(key)
             warning = BudgetWarning(head.scope, head.dimension, head.window, fraction, head.limit)
@@ -316,18 +329,30 @@ class _RunState:
     def reconciled(self, reservation: Reservation, actual: Usage) -> None:
         """Bring the policy's view of the path up to date with a commit (no I/O): the hold
         leaves ``held`` and the actual usage joins ``used`` on every limit it touched."""
-        if not self.heads:
+        heads = self.heads
+        if not heads:
             return
         reserved, spent = reservation.usage.units, actual.units
-        for key, head in self.heads.items():
+        # (used, held) deltas in API units, converted once per dimension; () where none.
+        deltas: dict[str, tuple[Amount, Amount] | tuple[()]] = {}
+        for key, head in heads.items():
             dimension = head.dimension
-            held, used = reserved.get(dimension, 0), spent.get(dimension, 0)
-            if not (held or used):
+            delta = deltas.get(dimension)
+            if delta is None:
+                held, used = reserved.get(dimension, 0), spent.get(dimension, 0)
+                delta = deltas[dimension] = (
+                    (_amount(dimension, used), _amount(dimension, held)) if held or used else ()
+                )
+            if not delta:
                 continue
-            self.heads[key] = dataclasses.replace(
-                head,
-                used=head.used + from_units(dimension, used),  # type: ignore[operator]
-                held=max(head.held - from_units(dimension, held), 0),  # type: ignore[operator,arg-type]
+            added, freed = delta
+            heads[key] = LimitHeadroom(
+                head.scope,
+                dimension,
+                head.window,
+                head.limit,
+                head.used + added,  # type: ignore[operator]
+                max(head.held - freed, 0),  # type: ignore[operator,arg-type]
             )
         self.observe(())  # a commit past a threshold fires its rung before the next call
 
@@ -336,10 +361,12 @@ class _RunState:
     def observe(self, heads: Iterable[LimitHeadroom]) -> None:
         """Remember what an admission or peek saw, and fire every rung it reaches (latching)."""
         for head in heads:
-            self.heads[head.scope, head.dimension, head.window] = head
-        if self.policy is None:
+            # Keyed by the window's storage key: a Window hashes all its fields on every lookup.
+            self.heads[head.scope, head.dimension, head.window.key] = head
+        policy = self.policy
+        if policy is None or len(self.fired) == len(policy.ladder):  # every rung has latched
             return
-        for rung in self.policy.ladder:
+        for rung in policy.ladder:
             if rung in self.fired:
                 continue
             reached = next((h for h in self.heads.values() if rung.reached_by(h)), None)
@@ -571,6 +598,36 @@ class _RunState:
             grants=tuple(self.grants),
             wrapped_up=self.wrapped_up,
         )
+
+
+_AMOUNTS: dict[tuple[str, int], Amount] = {}
+"""``from_units`` memoised: a path's scopes repeat the same limits, holds and commits, and
+converting nano-dollars to ``Decimal`` is the costly part of reading a reservation's limits."""
+_MAX_AMOUNTS = 4096
+
+
+def _amount(dimension: str, units: int) -> Amount:
+    """``from_units(dimension, units)``, memoised (the result is immutable)."""
+    key = (dimension, units)
+    amount = _AMOUNTS.get(key)
+    if amount is None:
+        if len(_AMOUNTS) >= _MAX_AMOUNTS:
+            _AMOUNTS.clear()  # a bound, not an LRU: a run's values recur within a few calls
+        amount = _AMOUNTS[key] = from_units(dimension, units)
+    return amount
+
+
+def _headroom(state: LimitState) -> LimitHeadroom:
+    """``LimitHeadroom.from_state(state)``, with the amounts converted through the memo."""
+    dimension = state.dimension
+    return LimitHeadroom(
+        state.scope,
+        dimension,
+        Window.from_key(state.window_key),
+        _amount(dimension, state.max_units),
+        _amount(dimension, state.used),
+        _amount(dimension, state.held),
+    )
 
 
 def _wall_time_cap(limits: Iterable[Limit]) -> float | None:

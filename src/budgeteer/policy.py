@@ -31,7 +31,15 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Literal, get_args
 
 from budgeteer.errors import BudgetExceeded, InvalidInput
-from budgeteer.model import Amount, LimitHeadroom, Usage, Window, check_dimension, parse_path
+from budgeteer.model import (
+    Amount,
+    LimitHeadroom,
+    Usage,
+    Window,
+    check_dimension,
+    parse_path,
+    to_units,
+)
 
 if TYPE_CHECKING:
     from budgeteer.pricing import Pricing
@@ -246,29 +254,36 @@ class CallPlan:
     """The rungs in force, in the order they fired."""
 
 
+_BOUNDS_OUTPUT: frozenset[str] = frozenset({"output_tokens", "total_tokens", "cost_usd"})
+"""The dimensions whose limits bound a call's output."""
+
+
 def affordable_output_tokens(
     heads: Iterable[LimitHeadroom],
     input_tokens: int,
-    price_of: Callable[[Usage], Decimal | None] | None,
+    price_of: Callable[[int, int], Decimal | None] | None,
 ) -> int | None:
     """The most output tokens the tightest limit still affords after ``input_tokens``.
 
-    ``None`` when no limit bounds output. ``price_of`` prices a usage for the planned model
-    (``None`` when the model has no price), for cost limits.
+    ``None`` when no limit bounds output. ``price_of(input_tokens, output_tokens)`` prices a
+    call of the planned model (``None`` when the model has no price), for cost limits.
     """
     rooms: list[int] = []
     cost_room: Decimal | None = None
     for head in heads:
+        dimension = head.dimension
+        if dimension not in _BOUNDS_OUTPUT:
+            continue
         room = Decimal(head.limit) - Decimal(head.used) - Decimal(head.held)
-        if head.dimension == "output_tokens":
+        if dimension == "output_tokens":
             rooms.append(int(room))
-        elif head.dimension == "total_tokens":
+        elif dimension == "total_tokens":
             rooms.append(int(room) - input_tokens)
-        elif head.dimension == "cost_usd":
+        else:
             cost_room = room if cost_room is None else min(cost_room, room)
     if cost_room is not None and price_of is not None:
-        input_cost = price_of(Usage(input_tokens=input_tokens)) if input_tokens else Decimal(0)
-        million = price_of(Usage(output_tokens=1_000_000))
+        input_cost = price_of(input_tokens, 0) if input_tokens else Decimal(0)
+        million = price_of(0, 1_000_000)
         if input_cost is not None and million:
             rooms.append(math.floor((cost_room - input_cost) * 1_000_000 / million))
     if not rooms:
@@ -278,12 +293,15 @@ def affordable_output_tokens(
 
 def price_function(
     pricing: Pricing | None, model: str | None, provider: str | None
-) -> Callable[[Usage], Decimal | None] | None:
-    """A one-argument pricer for ``model``, or ``None`` without pricing or model."""
+) -> Callable[[int, int], Decimal | None] | None:
+    """A pricer of ``(input_tokens, output_tokens)`` for ``model``, or ``None`` without pricing
+    or model. It prices like ``pricing.price(model, Usage(...), provider=provider).cost_usd``."""
     if pricing is None or model is None:
         return None
 
-    def price_of(usage: Usage) -> Decimal | None:
-        return pricing.price(model, usage, provider=provider).cost_usd
+    def price_of(input_tokens: int, output_tokens: int) -> Decimal | None:
+        # Validated as a Usage would be (a caller's prompt_tokens may be absurd).
+        to_units("input_tokens", input_tokens, "usage.input_tokens")
+        return pricing._token_cost(model, input_tokens, output_tokens, provider)
 
     return price_of

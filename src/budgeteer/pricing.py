@@ -29,7 +29,11 @@ Accounting rules (the traps are all here):
 Performance: resolving a model name is cached (``functools.lru_cache``), and so is the price
 table of each (model, active price variants) pair, so a repeated ``price()`` call does a few
 dictionary lookups and some ``Decimal`` arithmetic: genai-prices' own ``calc_price`` re-validates
-its unit registry on every call and costs roughly ten times as much.
+its unit registry on every call and costs roughly ten times as much. A table without tiers
+has its prices picked once, and a model whose only dated prices are variants reads no clock
+when no variant is asked for. The run guard prices its estimates and the policy's probes from
+bare token counts (``Pricing._token_cost``: the same tables and arithmetic, no ``Usage`` or
+``Price`` built), except through a subclass that overrides ``price``.
 """
 
 from __future__ import annotations
@@ -289,6 +293,9 @@ class Price:
 _Rate: TypeAlias = Decimal | tuple[Decimal, tuple[tuple[int, Decimal], ...]]
 """A flat price, or ``(base, ((start, price), ...))`` with tiers in ascending ``start``."""
 
+_Applied: TypeAlias = tuple[Decimal | None, ...]
+"""The prices one request pays, in ``_Rates`` field order (input ... requests_per_k)."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Rates:
@@ -302,6 +309,8 @@ class _Rates:
     reasoning: _Rate | None
     requests_per_k: _Rate | None
     tiered: bool = field(init=False)
+    flat: _Applied = field(init=False)
+    """Without tiers: the prices every request pays, picked once (``_pick`` is not needed)."""
 
     def __post_init__(self) -> None:
         rates = (
@@ -313,7 +322,33 @@ class _Rates:
             self.reasoning,
             self.requests_per_k,
         )
-        object.__setattr__(self, "tiered", any(isinstance(r, tuple) for r in rates))
+        tiered = any(isinstance(r, tuple) for r in rates)
+        object.__setattr__(self, "tiered", tiered)
+        flat = () if tiered else tuple(r if isinstance(r, Decimal) else None for r in rates)
+        object.__setattr__(self, "flat", flat)
+
+    def applied(self, input_tokens: int) -> tuple[_Applied, bool]:
+        """The prices a request with ``input_tokens`` pays, and whether a long-context tier did."""
+        if not self.tiered:
+            return self.flat, False
+        long_context = False
+        prices: list[Decimal | None] = []
+        for rate in (
+            self.input,
+            self.output,
+            self.cache_read,
+            self.cache_write,
+            self.cache_write_1h,
+            self.reasoning,
+            self.requests_per_k,
+        ):
+            if rate is None:
+                prices.append(None)
+                continue
+            price, tiered = _pick(rate, input_tokens)
+            long_context = long_context or tiered
+            prices.append(price)
+        return tuple(prices), long_context
 
 
 def _pick(rate: _Rate, input_tokens: int) -> tuple[Decimal, bool]:
@@ -328,49 +363,38 @@ def _pick(rate: _Rate, input_tokens: int) -> tuple[Decimal, bool]:
     return base, False
 
 
-def _compute(
-    rates: _Rates,
-    usage: Usage,
-    *,
+def _priceable(rates: _Rates, input_tokens: int, output_tokens: int) -> bool:
+    """False if a token kind the request used has no price at all in ``rates``."""
+    # An empty or partial price table (e.g. a subscription-only or audio-priced model) is
+    # "no price", not "free": pricing it would be a silent zero.
+    return not ((input_tokens and rates.input is None) or (output_tokens and rates.output is None))
+
+
+def _leaf_cost(
+    prices: _Applied,
+    input_tokens: int,
+    cache_read_tokens: int,
+    cache_write_tokens: int,
     cache_write_1h_tokens: int,
-    model: str,
-    resolved: str | None,
-    provider: str | None,
-    source: str,
-    variants: tuple[str, ...] = (),
-) -> Price | None:
-    """Price ``usage`` with ``rates``; ``None`` if a token kind it used has no price at all."""
-    input_tokens = usage.input_tokens
-    output_tokens = usage.output_tokens
-    if (input_tokens and rates.input is None) or (output_tokens and rates.output is None):
-        # An empty or partial price table (e.g. a subscription-only or audio-priced model) is
-        # "no price", not "free": pricing it would be a silent zero.
-        return None
-    threshold_tokens = input_tokens if rates.tiered else 0
-    long_context = False
-
-    def applied(rate: _Rate | None) -> Decimal | None:
-        nonlocal long_context
-        if rate is None:
-            return None
-        price, tiered = _pick(rate, threshold_tokens)
-        long_context = long_context or tiered
-        return price
-
-    input_price = applied(rates.input)
-    output_price = applied(rates.output)
-    cache_read_price = applied(rates.cache_read)
-    cache_write_price = applied(rates.cache_write)
-    cache_write_1h_price = applied(rates.cache_write_1h)
-    reasoning_price = applied(rates.reasoning)
-    request_price = applied(rates.requests_per_k)
-
+    output_tokens: int,
+    reasoning_tokens: int,
+) -> Decimal:
+    """The cost of a request's tokens at the ``prices`` it pays (from ``_Rates.applied``)."""
+    (
+        input_price,
+        output_price,
+        cache_read_price,
+        cache_write_price,
+        cache_write_1h_price,
+        reasoning_price,
+        request_price,
+    ) = prices
     # Leaf counts, as genai-prices' decompose.compute_leaf_values: a more specific unit that has
     # a price is carved out of its parent, so every token is charged exactly once.
-    cache_read = usage.cache_read_tokens if cache_read_price is not None else 0
+    cache_read = cache_read_tokens if cache_read_price is not None else 0
     cache_write_1h = cache_write_1h_tokens if cache_write_1h_price is not None else 0
-    cache_write = usage.cache_write_tokens - cache_write_1h if cache_write_price is not None else 0
-    reasoning = usage.reasoning_tokens if reasoning_price is not None else 0
+    cache_write = cache_write_tokens - cache_write_1h if cache_write_price is not None else 0
+    reasoning = reasoning_tokens if reasoning_price is not None else 0
     parts = (
         (input_price, input_tokens - cache_read - cache_write - cache_write_1h),
         (cache_read_price, cache_read),
@@ -385,7 +409,41 @@ def _compute(
             cost += price * count / _MTOK
     if request_price is not None:
         cost += request_price / _KCOUNT
+    return cost
 
+
+def _compute(
+    rates: _Rates,
+    usage: Usage,
+    *,
+    cache_write_1h_tokens: int,
+    model: str,
+    resolved: str | None,
+    provider: str | None,
+    source: str,
+    variants: tuple[str, ...] = (),
+) -> Price:
+    """Price ``usage`` with ``rates`` (``_priceable`` for it)."""
+    input_tokens = usage.input_tokens
+    prices, long_context = rates.applied(input_tokens)
+    cost = _leaf_cost(
+        prices,
+        input_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        cache_write_1h_tokens,
+        usage.output_tokens,
+        usage.reasoning_tokens,
+    )
+    (
+        input_price,
+        output_price,
+        cache_read_price,
+        cache_write_price,
+        cache_write_1h_price,
+        reasoning_price,
+        request_price,
+    ) = prices
     cache_read_price = cache_read_price if cache_read_price is not None else input_price
     cache_write_price = cache_write_price if cache_write_price is not None else input_price
     if cache_write_1h_price is None:
@@ -447,7 +505,15 @@ def _genai_rate(value: object) -> _Rate | None:
 class _GenaiModel:
     """One resolved genai-prices model, with its price tables cached per active variant set."""
 
-    __slots__ = ("_conditionals", "_rates", "_variants", "model_id", "provider_id", "static")
+    __slots__ = (
+        "_conditionals",
+        "_rates",
+        "_variants",
+        "model_id",
+        "provider_id",
+        "static",
+        "static_base",
+    )
 
     def __init__(self, provider: Provider, model: ModelInfo) -> None:
         from genai_prices.types import ModelPrice as GenaiModelPrice
@@ -472,12 +538,19 @@ class _GenaiModel:
             and self._conditionals[0][0] is None
             and all(variant.constraint is None for variant in self._variants)
         )
+        # Without a price context the variants do not apply: then only the conditionals matter.
+        self.static_base = len(self._conditionals) == 1 and self._conditionals[0][0] is None
         self._rates: dict[tuple[int, tuple[int, ...]], _Rates] = {}
 
     def rates(
         self, context: Mapping[str, str], at: datetime | None
     ) -> tuple[_Rates, tuple[str, ...]]:
         """The price table for a request with ``context`` at time ``at`` (``None``: static)."""
+        if at is None and not context:
+            # The common case (a static price, no variant asked for) is one cached table.
+            plain = self._rates.get(_PLAIN)
+            if plain is not None:
+                return plain, ()
         # Mirrors genai-prices' ModelInfo.get_prices: the last active conditional price wins;
         # matching variants override it key by key, the first match per key taking precedence.
         chosen = 0
@@ -522,6 +595,10 @@ class _GenaiModel:
             reasoning=_genai_rate(values.get("output_reasoning_mtok")),
             requests_per_k=_genai_rate(values.get("requests_kcount")),
         )
+
+
+_PLAIN: Final = (0, ())
+"""The ``_GenaiModel._rates`` key of the base price table with no variant matched."""
 
 
 @lru_cache(maxsize=4096)
@@ -658,39 +735,77 @@ class Pricing:
         if at is not None and not isinstance(at, datetime):
             raise InvalidInput("at", at, "expected a datetime")
 
-        rates = self._overrides.get(model)
-        if rates is not None:
-            price = _compute(
-                rates,
-                usage,
-                cache_write_1h_tokens=cache_write_1h_tokens,
-                model=model,
-                resolved=model,
-                provider=provider,
-                source="override",
-            )
-            if price is not None:  # always: an override prices both input and output
-                return price
+        found = self._table(model, provider, context, at, usage.input_tokens, usage.output_tokens)
+        if found is None:
+            return self._unknown(model, provider)
+        rates, resolved, provider_id, source, variants = found
+        return _compute(
+            rates,
+            usage,
+            cache_write_1h_tokens=cache_write_1h_tokens,
+            model=model,
+            resolved=resolved,
+            provider=provider_id,
+            source=source,
+            variants=variants,
+        )
 
+    def _token_cost(
+        self,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        provider: str | None,
+        requests: int = 0,
+    ) -> Decimal | None:
+        """``price(model, Usage(input_tokens=, output_tokens=, requests=), provider=).cost_usd``
+        without building the ``Usage`` or the ``Price`` (the guard prices each call's estimate
+        and the policy two probes per plan). The counts must be valid ``Usage`` amounts."""
+        if type(self).price is not _PRICE:
+            # A subclass reprices (LiteLLMPricing reads provider prefixes): ask it.
+            usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens, requests=requests)
+            return self.price(model, usage, provider=provider).cost_usd
+        _check_name("model", model)
+        if provider is not None:
+            _check_name("provider", provider)
+        found = self._table(model, provider, _NO_CONTEXT, None, input_tokens, output_tokens)
+        if found is None:
+            return self._unknown(model, provider).cost_usd
+        prices, _ = found[0].applied(input_tokens)
+        return _leaf_cost(prices, input_tokens, 0, 0, 0, output_tokens, 0)
+
+    def _table(
+        self,
+        model: str,
+        provider: str | None,
+        context: Mapping[str, str],
+        at: datetime | None,
+        input_tokens: int,
+        output_tokens: int,
+    ) -> tuple[_Rates, str | None, str | None, str, tuple[str, ...]] | None:
+        """The first price table that prices the request: an override, genai-prices' table,
+        the fallback. With it: the resolved model, the provider, the source and the variants."""
+        rates = self._overrides.get(model)
+        # An override always prices both input and output.
+        if rates is not None and _priceable(rates, input_tokens, output_tokens):
+            return rates, model, provider, "override", ()
         resolved = _resolve(model, provider)
         if resolved is not None:
             when = None
-            if not resolved.static:
+            # Without a price context only the conditional prices can move with time.
+            if not (resolved.static or (resolved.static_base and not context)):
                 when = at if at is not None else datetime.fromtimestamp(self._clock.now(), UTC)
             table, variants = resolved.rates(context, when)
-            price = _compute(
-                table,
-                usage,
-                cache_write_1h_tokens=cache_write_1h_tokens,
-                model=model,
-                resolved=resolved.model_id,
-                provider=resolved.provider_id,
-                source=_genai_source(),
-                variants=variants,
-            )
-            if price is not None:
-                return price
-        return self._unknown(model, usage, provider, cache_write_1h_tokens)
+            if _priceable(table, input_tokens, output_tokens):
+                return table, resolved.model_id, resolved.provider_id, _genai_source(), variants
+        fallback = self._fallback
+        if (
+            self._policy == "fallback"
+            and fallback is not None
+            and _priceable(fallback, input_tokens, output_tokens)
+        ):
+            return fallback, None, provider, "fallback", ()
+        return None
 
     def priced(
         self,
@@ -721,21 +836,8 @@ class Pricing:
         )
         return usage.replace(cost_usd=found.cost_usd)
 
-    def _unknown(
-        self, model: str, usage: Usage, provider: str | None, cache_write_1h_tokens: int
-    ) -> Price:
-        if self._policy == "fallback" and self._fallback is not None:
-            price = _compute(
-                self._fallback,
-                usage,
-                cache_write_1h_tokens=cache_write_1h_tokens,
-                model=model,
-                resolved=None,
-                provider=provider,
-                source="fallback",
-            )
-            if price is not None:
-                return price
+    def _unknown(self, model: str, provider: str | None) -> Price:
+        """No table prices the request: an unknown cost, or ``UnknownModel``."""
         if self._policy == "count_without_cost":
             return Price(
                 cost_usd=None,
@@ -745,6 +847,10 @@ class Pricing:
                 source="unpriced",
             )
         raise UnknownModel(model, provider)
+
+
+_PRICE: Final = Pricing.price
+"""``Pricing.price`` itself: ``_token_cost`` takes its shortcut only where it is not overridden."""
 
 
 def _price_context(
