@@ -30,7 +30,7 @@ if ARGV[1] == '' then
 else
   now_text = ARGV[1]
 end
-local now = tonumber(now_text)
+local now = now_text + 0  -- arithmetic coerces with one strtod; tonumber() runs two
 local HOLDS = P .. ':holds'
 local id = ARGV[3]
 local record_key = P .. ':r:' .. id
@@ -40,7 +40,7 @@ local path, late, held
 if hold then
   local created, expires
   path, created, expires, held = string.match(hold, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$')
-  late = tonumber(expires) <= now
+  late = expires + 0 <= now
 else
   local state = redis.call('HGET', record_key, 'state')
   if not state then return {'unknown'} end
@@ -58,7 +58,7 @@ else
   late = true
 end
 
-local D = tonumber(ARGV[8])
+local D = ARGV[8] + 0
 local actual_texts = {}  -- parsed only where a number is needed (a rolling window)
 for i = 9, 7 + 2 * D, 2 do actual_texts[ARGV[i]] = ARGV[i + 1] end
 
@@ -143,7 +143,7 @@ end
 
 local over = {}
 for i = first, last, 4 do
-  local k, dim, wkey, max = tonumber(R[i]), R[i + 1], R[i + 2], tonumber(R[i + 3])
+  local k, dim, wkey, max = R[i] + 0, R[i + 1], R[i + 2], R[i + 3] + 0
   local s, field = skeys[k], dim .. '|' .. wkey
   local used
   if wkey == 'lifetime' then
