@@ -8,9 +8,13 @@
 -- bounds "key=start:end;..." (as in ledger.lua); 3 the reservation id; 4 the actual usage as
 -- "dim=amount,..."; 5 the metadata (JSON, opaque here); 6 the path the client believes the
 -- reservation is on ("" if it does not know); 7 the limits version the client knows ("" if
--- none); 8 the number of dimensions D, then D pairs dim, amount (the actual usage again); then,
--- with a version, the limits on those dimensions other than pacing ones (which pace admissions,
--- not commits) as quadruples scope number (1 = top), dim, window key, max, in ledger.lua's order.
+-- none); 8 the number of dimensions D; 9 the unknown-cost flag u:_unpriced: '' if the usage has
+-- none, 'add' to add it on every scope, 'known' if the client saw it added on every scope of the
+-- path under the version it sends (so it is added only if that version or path is not current:
+-- a prune, the one command that deletes a scope's counters, bumps the version); then D pairs
+-- dim, amount (the actual usage again, without the flag); then, with a version, the limits on
+-- those dimensions other than pacing ones (which pace admissions, not commits) as quadruples
+-- scope number (1 = top), dim, window key, max, in ledger.lua's order.
 --
 -- Replies: {'committed', path, committed at, late '1' or '0', overruns} (the client has the
 -- usage and metadata it sent), followed by version, N and N quadruples (every limit on the path,
@@ -60,7 +64,7 @@ end
 
 local D = ARGV[8] + 0
 local actual_texts = {}  -- parsed only where a number is needed (a rolling window)
-for i = 9, 7 + 2 * D, 2 do actual_texts[ARGV[i]] = ARGV[i + 1] end
+for i = 10, 8 + 2 * D, 2 do actual_texts[ARGV[i]] = ARGV[i + 1] end
 
 local scopes, skeys = {}, {}
 local acc
@@ -75,7 +79,7 @@ local R, first, last
 local version = redis.call('GET', P .. ':lv')
 local learned  -- every limit on the path, for the client, when its version was not current
 if version and version == ARGV[7] and path == ARGV[6] then
-  R, first, last = ARGV, 9 + 2 * D, #ARGV
+  R, first, last = ARGV, 10 + 2 * D, #ARGV
 else
   if not version then  -- unique across a flush, so no client mistakes a new set for an old one
     local t = redis.call('TIME')
@@ -135,10 +139,14 @@ end
 -- Record the usage on every scope; lifetime limits read the new totals.
 -- totals[dim][k] is the new lifetime total of dim on scope k.
 local totals = {}
-for i = 9, 7 + 2 * D, 2 do
+for i = 10, 8 + 2 * D, 2 do
   local name, amount, by_scope = 'u:' .. ARGV[i], ARGV[i + 1], {}
   for k, s in ipairs(skeys) do by_scope[k] = redis.call('HINCRBY', s, name, amount) end
   totals[ARGV[i]] = by_scope
+end
+-- Only the flag's being non-zero is read (a scope's cost is unknown), so once set it need not grow.
+if ARGV[9] == 'add' or (ARGV[9] == 'known' and learned) then
+  for _, s in ipairs(skeys) do redis.call('HINCRBY', s, 'u:_unpriced', 1) end
 end
 
 local over = {}
