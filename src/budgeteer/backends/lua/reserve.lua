@@ -223,7 +223,7 @@ for i = first, last, 4 do
   local k, dim, wkey, max = R[i] + 0, R[i + 1], R[i + 2], R[i + 3] + 0
   local requested = amounts[dim]
   local used, held, extra = state(ARGV[SKEYS + k - 1], dim, wkey, max)
-  if string.sub(wkey, 1, 7) == 'pacing:' then
+  if wkey ~= 'lifetime' and string.sub(wkey, 1, 7) == 'pacing:' then
     -- A GCRA token bucket (budgeteer.ledger._core.pace); extra is its theoretical arrival time.
     if requested > 0 then
       local refill = tonumber(string.sub(wkey, 8)) / 1000000
@@ -253,8 +253,9 @@ for i = first, last, 4 do
 end
 
 for _, p in ipairs(paced or {}) do redis.call('HSET', p[1], p[2], p[3]) end
-for k = SKEYS, SKEYS + S - 1 do
-  for i = 10, 8 + 2 * D, 2 do redis.call('HINCRBY', ARGV[k], 'h:' .. ARGV[i], ARGV[i + 1]) end
+for i = 10, 8 + 2 * D, 2 do
+  local name, amount = 'h:' .. ARGV[i], ARGV[i + 1]
+  for k = SKEYS, SKEYS + S - 1 do redis.call('HINCRBY', ARGV[k], name, amount) end
 end
 redis.call('ZADD', EXPIRY, expires_text, id)
 if not next_expiry or expires_at < next_expiry then next_text = expires_text end
