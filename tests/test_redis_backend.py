@@ -206,6 +206,33 @@ def test_a_commit_from_another_process_and_after_a_prune_uses_the_current_limits
     client.close()
 
 
+def test_the_unknown_cost_flag_is_set_again_after_a_prune(redis_url: str) -> None:
+    # A backend stops adding the flag once it has set it under the current limits version; a
+    # prune deletes the scope's counters and bumps the version, so the next commit adds it again,
+    # even one sent with the version from before the prune (a late commit of an expired hold).
+    clock = FakeClock()
+    url = f"{redis_url}?time=client&prefix=uf{secrets.token_hex(6)}"
+    ledger, other = Ledger(url, clock=clock), Ledger(url, clock=clock)
+    run = f"{ORG}/run:1"
+    ledger.commit(ledger.reserve(run, Usage(requests=1)), Usage(requests=1))
+    assert ledger.usage(run).cost_unknown
+    assert ledger.usage(ORG).cost_unknown
+    late = ledger.reserve(run, Usage(requests=1), ttl_s=10)
+    clock.advance(20)
+    assert other.prune(run)  # the expired hold is reclaimed first
+    assert not ledger.usage(run).cost_unknown
+    assert ledger.commit(late, Usage(requests=1)).late
+    assert ledger.usage(run).cost_unknown
+    assert ledger.usage(run).used.requests == 1
+    # A priced commit on a fresh path leaves its cost known.
+    priced = f"{ORG}/run:2"
+    usage = Usage(requests=1, cost_usd=Decimal("0.01"))
+    ledger.commit(ledger.reserve(priced, usage), usage)
+    assert not ledger.usage(priced).cost_unknown
+    ledger.close()
+    other.close()
+
+
 def test_a_shorter_hold_lowers_the_expiry_bound_and_is_reclaimed_on_time(
     redis_url: str,
 ) -> None:

@@ -38,7 +38,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from budgeteer.backends.base import CommitOutcome, Denial, ScopeMeters, path_prefixes
+from budgeteer.backends.base import UNPRICED, CommitOutcome, Denial, ScopeMeters, path_prefixes
 from budgeteer.errors import BudgeteerError, InvalidInput, ReservationSettled, UnknownReservation
 from budgeteer.ledger._core import window_of
 from budgeteer.model import LimitState
@@ -151,6 +151,9 @@ class _RedisCore:
         self._path_limits: dict[str, tuple[bytes, _Limits]] = {}
         self._plans: dict[tuple[str, tuple[str, ...], bool], _Plan] = {}
         self._open: dict[str, str] = {}  # reservation id -> path, until its commit or release
+        # path -> the limits version under which a commit of this backend set the unknown-cost
+        # flag on every scope of the path (commit.lua then need not add it again).
+        self._flagged: dict[str, bytes] = {}
 
     def _key(self, path: str) -> str:
         return f"{self._prefix}:{{{path.split('/', 1)[0]}}}"
@@ -250,17 +253,24 @@ class _RedisCore:
 
     def _commit_args(
         self, reservation_id: str, actual: Mapping[str, int], metadata: Mapping[str, str]
-    ) -> tuple[list[Any], _Tail]:
-        """commit.lua's arguments after the leading two (see its header), and the limits."""
+    ) -> tuple[list[Any], _Tail, bytes]:
+        """commit.lua's arguments after the leading two (see its header), the limits, and the
+        limits version sent."""
         path = self._open.get(reservation_id)
         version, rows, _ = self._plan(path, actual, True) if path else (b"", _NO_TAIL, ())
         meta = json.dumps(dict(metadata)) if metadata else "{}"
+        flag = ""
+        if UNPRICED in actual:
+            known = path is not None and version and self._flagged.get(path) == version
+            flag = "known" if known else "add"
         args: list[Any] = [
-            reservation_id, _encode(actual), meta, path or "", version, len(actual)
+            reservation_id, _encode(actual), meta, path or "", version,
+            len(actual) - (flag != ""), flag,
         ]  # fmt: skip
         for pair in actual.items():
-            args += pair
-        return args, rows
+            if pair[0] != UNPRICED:
+                args += pair
+        return args, rows, version
 
     def _commit_result(
         self,
@@ -268,12 +278,18 @@ class _RedisCore:
         reservation_id: str,
         actual: Mapping[str, int],
         metadata: Mapping[str, str],
+        version: bytes,
     ) -> CommitOutcome:
         status = reply[0]
         if status == b"committed":  # the client has the usage and metadata it sent
             path = reply[1].decode()
             if len(reply) > 5:
-                self._learn(path, reply[5], reply[7:])
+                version = reply[5]
+                self._learn(path, version, reply[7:])
+            if UNPRICED in actual:  # the flag is on every scope of the path, as of ``version``
+                if len(self._flagged) >= _CACHED_PATHS:
+                    self._flagged.clear()
+                self._flagged[path] = version
             self._open.pop(reservation_id, None)
             over = reply[4]
             return CommitOutcome(
@@ -424,9 +440,9 @@ class RedisBackend(_RedisCore):
         now: float,
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
-        args, tail = self._commit_args(reservation_id, actual, metadata)
+        args, tail, version = self._commit_args(reservation_id, actual, metadata)
         reply = self._eval(self._direct_commit, _root_of(reservation_id), (), now, args, tail)
-        return self._commit_result(reply, reservation_id, actual, metadata)
+        return self._commit_result(reply, reservation_id, actual, metadata, version)
 
     def charge(
         self,
@@ -620,13 +636,13 @@ class AsyncRedisBackend(_RedisCore):
         now: float,
         metadata: Mapping[str, str],
     ) -> CommitOutcome:
-        args, tail = self._commit_args(reservation_id, actual, metadata)
+        args, tail, version = self._commit_args(reservation_id, actual, metadata)
         root = _root_of(reservation_id)
         # Idempotent by id, so retrying a commit whose reply was lost never counts twice.
         async for attempt in AsyncRetrying(**_COMMIT_RETRY):
             with attempt:
                 reply = await self._eval(self._commit_script, root, (), now, args, tail)
-        return self._commit_result(reply, reservation_id, actual, metadata)
+        return self._commit_result(reply, reservation_id, actual, metadata, version)
 
     async def charge(
         self,

@@ -8,9 +8,13 @@
 -- bounds "key=start:end;..." (as in ledger.lua); 3 the reservation id; 4 the actual usage as
 -- "dim=amount,..."; 5 the metadata (JSON, opaque here); 6 the path the client believes the
 -- reservation is on ("" if it does not know); 7 the limits version the client knows ("" if
--- none); 8 the number of dimensions D, then D pairs dim, amount (the actual usage again); then,
--- with a version, the limits on those dimensions other than pacing ones (which pace admissions,
--- not commits) as quadruples scope number (1 = top), dim, window key, max, in ledger.lua's order.
+-- none); 8 the number of dimensions D; 9 the unknown-cost flag u:_unpriced: '' if the usage has
+-- none, 'add' to add it on every scope, 'known' if the client saw it added on every scope of the
+-- path under the version it sends (so it is added only if that version or path is not current:
+-- a prune, the one command that deletes a scope's counters, bumps the version); then D pairs
+-- dim, amount (the actual usage again, without the flag); then, with a version, the limits on
+-- those dimensions other than pacing ones (which pace admissions, not commits) as quadruples
+-- scope number (1 = top), dim, window key, max, in ledger.lua's order.
 --
 -- Replies: {'committed', path, committed at, late '1' or '0', overruns} (the client has the
 -- usage and metadata it sent), followed by version, N and N quadruples (every limit on the path,
@@ -30,7 +34,7 @@ if ARGV[1] == '' then
 else
   now_text = ARGV[1]
 end
-local now = tonumber(now_text)
+local now = now_text + 0  -- arithmetic coerces with one strtod; tonumber() runs two
 local HOLDS = P .. ':holds'
 local id = ARGV[3]
 local record_key = P .. ':r:' .. id
@@ -38,9 +42,12 @@ local record_key = P .. ':r:' .. id
 local hold = redis.call('HGET', HOLDS, id)
 local path, late, held
 if hold then
-  local created, expires
-  path, created, expires, held = string.match(hold, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$')
-  late = tonumber(expires) <= now
+  -- "path\ncreated\nexpires\nheld", cut by plain finds (cheaper than a pattern).
+  local a = string.find(hold, '\n', 1, true)
+  local b = string.find(hold, '\n', a + 1, true)
+  local c = string.find(hold, '\n', b + 1, true)
+  path, held = string.sub(hold, 1, a - 1), string.sub(hold, c + 1)
+  late = string.sub(hold, b + 1, c - 1) + 0 <= now
 else
   local state = redis.call('HGET', record_key, 'state')
   if not state then return {'unknown'} end
@@ -58,9 +65,9 @@ else
   late = true
 end
 
-local D = tonumber(ARGV[8])
+local D = ARGV[8] + 0
 local actual_texts = {}  -- parsed only where a number is needed (a rolling window)
-for i = 9, 7 + 2 * D, 2 do actual_texts[ARGV[i]] = ARGV[i + 1] end
+for i = 10, 8 + 2 * D, 2 do actual_texts[ARGV[i]] = ARGV[i + 1] end
 
 local scopes, skeys = {}, {}
 local acc
@@ -75,7 +82,7 @@ local R, first, last
 local version = redis.call('GET', P .. ':lv')
 local learned  -- every limit on the path, for the client, when its version was not current
 if version and version == ARGV[7] and path == ARGV[6] then
-  R, first, last = ARGV, 9 + 2 * D, #ARGV
+  R, first, last = ARGV, 10 + 2 * D, #ARGV
 else
   if not version then  -- unique across a flush, so no client mistakes a new set for an old one
     local t = redis.call('TIME')
@@ -135,20 +142,24 @@ end
 -- Record the usage on every scope; lifetime limits read the new totals.
 -- totals[dim][k] is the new lifetime total of dim on scope k.
 local totals = {}
-for i = 9, 7 + 2 * D, 2 do
+for i = 10, 8 + 2 * D, 2 do
   local name, amount, by_scope = 'u:' .. ARGV[i], ARGV[i + 1], {}
   for k, s in ipairs(skeys) do by_scope[k] = redis.call('HINCRBY', s, name, amount) end
   totals[ARGV[i]] = by_scope
 end
+-- Only the flag's being non-zero is read (a scope's cost is unknown), so once set it need not grow.
+if ARGV[9] == 'add' or (ARGV[9] == 'known' and learned) then
+  for _, s in ipairs(skeys) do redis.call('HINCRBY', s, 'u:_unpriced', 1) end
+end
 
 local over = {}
 for i = first, last, 4 do
-  local k, dim, wkey, max = tonumber(R[i]), R[i + 1], R[i + 2], tonumber(R[i + 3])
-  local s, field = skeys[k], dim .. '|' .. wkey
-  local used
+  local k, dim, wkey, max = R[i] + 0, R[i + 1], R[i + 2], R[i + 3] + 0
+  local s, field, used = skeys[k], nil, nil  -- field: only windows other than lifetime
   if wkey == 'lifetime' then
     used = totals[dim][k]
   elseif string.sub(wkey, 1, 8) == 'rolling:' then
+    field = dim .. '|' .. wkey
     -- ledger.lua's refresh, then add_to_meter.
     local seconds, gran = string.match(wkey, '^rolling:(%d+):(%d+)$')
     gran = tonumber(gran)
@@ -184,6 +195,7 @@ for i = first, last, 4 do
     end
   else
     -- A calendar window: a period that has ended starts again (its bounds were checked above).
+    field = dim .. '|' .. wkey
     if now >= (tonumber(redis.call('HGET', s, 'me:' .. field)) or 0) then
       local b = bounds[wkey]
       redis.call('HSET', s, 'ms:' .. field, num(b[1]), 'me:' .. field, num(b[2]), 'm:' .. field, 0)
@@ -202,7 +214,7 @@ local over_text = table.concat(over, '\n')
 local late_text = late and '1' or '0'
 redis.call('HSET', record_key, 'state', 'committed', 'v',
   path .. '\n' .. ARGV[4] .. '\n' .. now_text .. '\n' .. late_text .. '\n' .. ARGV[5] .. '\n' .. over_text)
-redis.call('EXPIRE', record_key, 7 * 86400)
+redis.call('EXPIRE', record_key, '604800')  -- 7 days; a number would be formatted by %.17g
 local reply = {'committed', path, now_text, late_text, over_text}
 if learned then
   reply[6], reply[7] = version, #learned / 4

@@ -35,13 +35,13 @@ if ARGV[1] == '' then
 else
   now_text = ARGV[1]
 end
-local now = tonumber(now_text)
+local now = now_text + 0  -- arithmetic coerces with one strtod; tonumber() runs two
 local HOLDS, EXPIRY = P .. ':holds', P .. ':expiry'
 local id = ARGV[3]
-local D, S = tonumber(ARGV[8]), tonumber(ARGV[9])
+local D, S = ARGV[8] + 0, ARGV[9] + 0
 local SKEYS = 10 + 2 * D  -- ARGV[SKEYS + k - 1] is the hash of scope k
 local amounts = {}
-for i = 10, 8 + 2 * D, 2 do amounts[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for i = 10, 8 + 2 * D, 2 do amounts[ARGV[i]] = ARGV[i + 1] + 0 end
 
 -- The limits on the requested dimensions, as quadruples R[i .. i + 3] for i = first, last, 4.
 local R, first, last
@@ -130,7 +130,7 @@ end
 local function state(s, dim, wkey, max)
   if wkey == 'lifetime' then
     local c = redis.call('HMGET', s, 'u:' .. dim, 'h:' .. dim)
-    return tonumber(c[1]) or 0, tonumber(c[2]) or 0
+    return (c[1] or 0) + 0, (c[2] or 0) + 0
   end
   local field = dim .. '|' .. wkey
   local kind = string.sub(wkey, 1, 7)
@@ -205,13 +205,13 @@ else
   reply = {'ok'}
 end
 
-local expires_at = now + tonumber(ARGV[6])
+local expires_at = now + ARGV[6]
 local expires_text = num(expires_at)
 local record = ARGV[4] .. '\n' .. now_text .. '\n' .. expires_text .. '\n' .. ARGV[5]
 if redis.call('HSETNX', HOLDS, id, record) == 0 then
   -- A retry whose first reply was lost: the hold is already counted.
   for i = first, last, 4 do
-    local used, held = state(ARGV[SKEYS + R[i] - 1], R[i + 1], R[i + 2], tonumber(R[i + 3]))
+    local used, held = state(ARGV[SKEYS + R[i] - 1], R[i + 1], R[i + 2], R[i + 3] + 0)
     reply[#reply + 1] = used
     reply[#reply + 1] = held
   end
@@ -220,10 +220,10 @@ end
 
 local paced
 for i = first, last, 4 do
-  local k, dim, wkey, max = tonumber(R[i]), R[i + 1], R[i + 2], tonumber(R[i + 3])
+  local k, dim, wkey, max = R[i] + 0, R[i + 1], R[i + 2], R[i + 3] + 0
   local requested = amounts[dim]
   local used, held, extra = state(ARGV[SKEYS + k - 1], dim, wkey, max)
-  if string.sub(wkey, 1, 7) == 'pacing:' then
+  if wkey ~= 'lifetime' and string.sub(wkey, 1, 7) == 'pacing:' then
     -- A GCRA token bucket (budgeteer.ledger._core.pace); extra is its theoretical arrival time.
     if requested > 0 then
       local refill = tonumber(string.sub(wkey, 8)) / 1000000
@@ -253,8 +253,9 @@ for i = first, last, 4 do
 end
 
 for _, p in ipairs(paced or {}) do redis.call('HSET', p[1], p[2], p[3]) end
-for k = SKEYS, SKEYS + S - 1 do
-  for i = 10, 8 + 2 * D, 2 do redis.call('HINCRBY', ARGV[k], 'h:' .. ARGV[i], ARGV[i + 1]) end
+for i = 10, 8 + 2 * D, 2 do
+  local name, amount = 'h:' .. ARGV[i], ARGV[i + 1]
+  for k = SKEYS, SKEYS + S - 1 do redis.call('HINCRBY', ARGV[k], name, amount) end
 end
 redis.call('ZADD', EXPIRY, expires_text, id)
 if not next_expiry or expires_at < next_expiry then next_text = expires_text end
