@@ -224,3 +224,42 @@ def test_pruning_forgets_the_refusals() -> None:
     assert isinstance(backend.admit("a:x", ("a:x",), {"requests": 2}, 10.0), Denial)
     assert backend.prune("a:x", 10.0)  # nothing live: the scope and its limit go
     assert not isinstance(backend.admit("a:x", ("a:x",), {"requests": 2}, 10.0), Denial)
+
+
+# -- settled ids are remembered compactly ---------------------------------------------------------
+
+
+@given(
+    actual=st.dictionaries(
+        st.sampled_from(["requests", "input_tokens", "output_tokens", "_unpriced"]),
+        st.integers(0, 2**53 - 1),
+        min_size=1,
+    ),
+    metadata=st.sampled_from([{}, {"model": "gpt-4o"}]),
+    late=st.booleans(),
+    over=st.booleans(),
+)
+@settings(max_examples=60, deadline=None)
+def test_a_replayed_commit_answers_what_the_first_one_recorded(
+    actual: dict[str, int], metadata: dict[str, str], late: bool, over: bool
+) -> None:
+    backend = MemoryBackend()
+    limit = 0 if over else 2**53 - 1
+    for dimension in actual:
+        backend.set_limit("a:x", dimension, "lifetime", limit)
+    held = dict.fromkeys(actual, 0)
+    assert not isinstance(backend.reserve("r1", "a:x/b:y", ("a:x", "a:x/b:y"), held, 0, 10), Denial)
+    first = backend.commit("r1", actual, 20.0 if late else 5.0, metadata)
+    again = backend.commit("r1", actual, 30.0, metadata)
+    assert first.status == "committed"
+    assert again.status == "replayed"
+    assert (again.path, dict(again.actual), again.committed_at, again.late) == (
+        first.path,
+        actual,
+        first.committed_at,
+        late,
+    )
+    assert again.overruns == first.overruns
+    assert dict(again.metadata) == metadata
+    counted = {dimension: units for dimension, units in actual.items() if units}
+    assert {k: v for k, v in backend.meters("a:x", 30.0).used.items() if v} == counted  # once
