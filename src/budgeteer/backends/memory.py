@@ -257,7 +257,8 @@ class MemoryBackend:
                 checked = self._check(route, amounts, now, hold=True)
                 if checked.__class__ is Denial:
                     return checked
-            self._refused.clear()
+            if self._refused:  # usually empty: the test is cheaper than the call
+                self._refused.clear()
             for dimension, column in route.columns:
                 amount = amounts[dimension]
                 for cell in column:
@@ -534,7 +535,8 @@ class MemoryBackend:
         lock = self._lock
         lock.acquire()  # not `with`: half the cost, on every commit
         try:
-            self._refused.clear()
+            if self._refused:
+                self._refused.clear()
             hold = self._holds.pop(reservation_id, None)
             if hold is None:
                 if self._expiry and self._expiry[0][0] <= now:
