@@ -14,6 +14,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from budgeteer import Ledger, Limit, Usage
 from budgeteer.backends.base import Denial
 from budgeteer.backends.memory import MemoryBackend
 from budgeteer.errors import BudgeteerError
@@ -263,3 +264,19 @@ def test_a_replayed_commit_answers_what_the_first_one_recorded(
     assert dict(again.metadata) == metadata
     counted = {dimension: units for dimension, units in actual.items() if units}
     assert {k: v for k, v in backend.meters("a:x", 30.0).used.items() if v} == counted  # once
+
+
+def test_the_unknown_cost_flag_returns_after_a_prune() -> None:
+    """A path's commits add the unknown-cost flag once; a prune that forgets a scope's totals
+    must not leave the next unpriced commit there unflagged."""
+    ledger = Ledger("memory://")
+    ledger.set_limit("org:a", Limit("requests", 100))
+    unpriced = Usage(requests=1)
+    for _ in range(2):
+        ledger.commit(ledger.reserve("org:a/run:1", unpriced), unpriced)
+    assert ledger.usage("org:a/run:1").cost_unknown
+    assert ledger.prune("org:a/run:1")
+    assert not ledger.usage("org:a/run:1").cost_unknown
+    ledger.commit(ledger.reserve("org:a/run:1", unpriced), unpriced)
+    assert ledger.usage("org:a/run:1").cost_unknown
+    assert ledger.usage("org:a").used.requests == 3

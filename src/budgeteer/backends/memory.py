@@ -26,7 +26,7 @@ from budgeteer.ledger._core import (
     retry_after_for,
     window_of,
 )
-from budgeteer.model import LimitState, Window
+from budgeteer.model import UNPRICED, LimitState, Window
 
 SETTLED_MEMORY = 1_000_000
 """About how many settled reservation ids (at least half of this) the memory backend remembers
@@ -61,7 +61,9 @@ _Check = tuple[str, str, str, int, "_Meter | None", list[int], _Scope, Window]
 class _Route:
     """What an operation with a given set of dimensions touches on a path, resolved once."""
 
-    __slots__ = ("caps", "cells", "checks", "columns", "lifetime", "simple", "single")
+    __slots__ = (
+        "caps", "cells", "checks", "columns", "flagless", "lifetime", "simple", "single"
+    )  # fmt: skip
 
     def __init__(self, cells: tuple[tuple[list[int], str], ...], checks: tuple[_Check, ...]):
         self.cells = cells
@@ -71,6 +73,8 @@ class _Route:
             for dimension in dict.fromkeys(dimension for _, dimension in cells)
         )
         """The same cells by dimension: one amount is added down a column (fewer steps)."""
+        self.flagless = tuple(column for column in self.columns if column[0] != UNPRICED)
+        """The columns but the unknown-cost flag's, for a plan whose scopes all carry it."""
         self.checks = checks
         """The limits on those dimensions, top scope first."""
         self.simple = all(c[4] is None or c[4].__class__ is RollingMeter for c in checks)
@@ -86,7 +90,9 @@ class _Route:
 class _Plan:
     """A path's scopes and their limits, valid while no limit changes (``version``)."""
 
-    __slots__ = ("limit_count", "metered", "names", "path", "routes", "scopes", "version")
+    __slots__ = (
+        "flagged", "limit_count", "metered", "names", "path", "routes", "scopes", "version"
+    )  # fmt: skip
 
     def __init__(
         self, version: int, path: str, names: tuple[str, ...], scopes: tuple[_Scope, ...]
@@ -98,6 +104,9 @@ class _Plan:
         self.metered = tuple(scope for scope in scopes if scope.meters)
         self.limit_count = sum(len(scope.limits) for scope in scopes)
         self.routes: dict[tuple[str, ...], _Route] = {}
+        self.flagged = False
+        """Every scope carries the unknown-cost flag (only its being non-zero is ever read, so
+        a commit need not add it again; a prune that could clear it bumps the version)."""
 
     def route(self, dimensions: tuple[str, ...]) -> _Route:
         route = self.routes.get(dimensions)
@@ -553,7 +562,12 @@ class MemoryBackend:
             recorded = plan.routes.get(tuple(actual))
             if recorded is not None and recorded.lifetime and not plan.metered:
                 # _record's lifetime-only case, inlined: add, then the overrun test alone.
-                for dimension, column in recorded.columns:
+                if plan.flagged:
+                    columns = recorded.flagless
+                else:
+                    columns = recorded.columns
+                    plan.flagged = UNPRICED in actual
+                for dimension, column in columns:
                     amount = actual[dimension]
                     for cell in column:
                         cell[0] += amount
