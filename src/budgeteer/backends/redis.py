@@ -5,8 +5,9 @@ whole reserve — every limit of every scope on the path — is checked and held
 server. The hot operations have lean scripts of their own (``lua/reserve.lua``,
 ``lua/commit.lua``, and ``lua/admit.lua`` for the rate limiter), because Redis runs a script's
 whole chunk on every call; ``lua/ledger.lua`` runs the others, on the same keys with the same
-rules. All keys of one hierarchy share a Cluster hash tag (the path's first segment), so every
-script stays atomic on Redis Cluster too.
+rules, which live once in ``lua/_shared.lua`` (put before each script's text when it is loaded).
+All keys of one hierarchy share a Cluster hash tag (the path's first segment), so every script
+stays atomic on Redis Cluster too.
 
 Each backend caches the limits of the paths it reserves on, under the hierarchy's limits
 version (a key every limit change bumps), and sends them with a reserve or commit; the script
@@ -85,7 +86,9 @@ limits as (scope, dimension, window key, max)."""
 
 
 def _script_text(name: str = "ledger") -> str:
-    return resources.files("budgeteer.backends").joinpath(f"lua/{name}.lua").read_text()
+    """Script ``name`` as Redis runs it: the shared rules (``lua/_shared.lua``), then its own."""
+    lua = resources.files("budgeteer.backends").joinpath("lua")
+    return lua.joinpath("_shared.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
 
 
 class _RedisCore:

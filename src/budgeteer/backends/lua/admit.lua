@@ -14,12 +14,10 @@
 local P = KEYS[1]
 local now
 if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  now = tonumber(server_time_text())
 else
   now = tonumber(ARGV[1])
 end
-local function num(s) return string.format('%.17g', s) end
 
 local first = redis.call('ZRANGE', P .. ':expiry', 0, 0, 'WITHSCORES')
 if first[2] and tonumber(first[2]) <= now then
@@ -54,27 +52,6 @@ end
 local expect = tonumber(ARGV[2])
 if expect >= 0 and count ~= expect then return {'stale'} end
 
-local function refresh_rolling(s, id, gran, buckets, used, oldest, newest)
-  -- ledger.lua's refresh: drop the buckets that have left the window.
-  local cutoff = math.floor(now / gran) - buckets
-  if not oldest or oldest >= cutoff then return used, oldest, newest end
-  for index = oldest, math.min(newest, cutoff - 1) do
-    local field = 'b:' .. id .. '|' .. index
-    local amount = redis.call('HGET', s, field)
-    if amount then
-      used = used - tonumber(amount)
-      redis.call('HDEL', s, field)
-    end
-  end
-  if newest < cutoff then
-    redis.call('HDEL', s, 'mh:' .. id, 'ml:' .. id)
-    redis.call('HSET', s, 'm:' .. id, 0)
-    return 0, nil, nil
-  end
-  redis.call('HSET', s, 'mh:' .. id, cutoff, 'm:' .. id, used)
-  return used, cutoff, newest
-end
-
 local paced = {}
 for _, row in ipairs(rows) do
   local scope, dim, wkey, max, id = row[1], row[2], row[3], row[4], row[5]
@@ -94,7 +71,7 @@ for _, row in ipairs(rows) do
       local buckets = seconds / gran
       local c = redis.call('HMGET', s, 'h:' .. dim, 'm:' .. id, 'mh:' .. id, 'ml:' .. id)
       local held = tonumber(c[1] or '0')
-      local used, oldest, newest = refresh_rolling(s, id, gran, buckets, tonumber(c[2] or '0'),
+      local used, oldest, newest = refresh_rolling(s, id, now, gran, buckets, tonumber(c[2] or '0'),
         tonumber(c[3]), tonumber(c[4]))
       if used + held + requested > max then
         local over, freed, wait = used + held + requested - max, 0, ''
@@ -151,17 +128,9 @@ end
 local reply = {'ok', '', ''}
 for _, row in ipairs(rows) do
   if row[8] == 'rolling' then
-    local s, id, amount = P .. ':s:' .. row[1], row[5], amounts[row[2]]
-    local index = math.floor(now / row[9])
-    local newest = row[10]
-    if newest and newest >= index then index = newest end  -- a clock that stepped back
-    redis.call('HINCRBY', s, 'm:' .. id, amount)
-    redis.call('HINCRBY', s, 'b:' .. id .. '|' .. index, amount)
-    if row[11] then
-      redis.call('HSET', s, 'ml:' .. id, index)
-    else
-      redis.call('HSET', s, 'ml:' .. id, index, 'mh:' .. id, index)
-    end
+    local s, id = P .. ':s:' .. row[1], row[5]
+    -- row[6] is the refreshed meter plus the amount
+    add_to_bucket(s, id, now, row[9], row[11], row[10], amounts[row[2]], 'm:' .. id, row[6])
   end
   for i = 1, 4 do reply[#reply + 1] = row[i] end
   reply[#reply + 1] = row[6]

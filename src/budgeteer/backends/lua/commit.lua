@@ -29,8 +29,7 @@
 local P = KEYS[1]
 local now_text
 if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now_text = t[1] .. '.' .. string.sub('00000' .. t[2], -6)
+  now_text = server_time_text()
 else
   now_text = ARGV[1]
 end
@@ -107,8 +106,6 @@ else
   first, last = 1, #R
 end
 
-local function num(x) return string.format('%.17g', x) end
-
 -- Calendar windows whose period has ended need bounds from the client; checked before any write.
 local bounds
 for i = first, last, 4 do
@@ -160,39 +157,14 @@ for i = first, last, 4 do
     used = totals[dim][k]
   elseif string.sub(wkey, 1, 8) == 'rolling:' then
     field = dim .. '|' .. wkey
-    -- ledger.lua's refresh, then add_to_meter.
     local seconds, gran = string.match(wkey, '^rolling:(%d+):(%d+)$')
     gran = tonumber(gran)
     local c = redis.call('HMGET', s, 'm:' .. field, 'mh:' .. field, 'ml:' .. field)
-    used = tonumber(c[1]) or 0
-    local oldest, newest = tonumber(c[2]), tonumber(c[3])
-    local cutoff = math.floor(now / gran) - tonumber(seconds) / gran
-    if oldest and oldest < cutoff then
-      for index = oldest, math.min(newest, cutoff - 1) do
-        local bucket = 'b:' .. field .. '|' .. index
-        local old = redis.call('HGET', s, bucket)
-        if old then
-          used = used - tonumber(old)
-          redis.call('HDEL', s, bucket)
-        end
-      end
-      if newest < cutoff then
-        redis.call('HDEL', s, 'mh:' .. field, 'ml:' .. field)
-        used, oldest, newest = 0, nil, nil
-      else
-        oldest = cutoff
-        redis.call('HSET', s, 'mh:' .. field, cutoff)
-      end
-    end
+    local oldest, newest
+    used, oldest, newest = refresh_rolling(s, field, now, gran, tonumber(seconds) / gran,
+      tonumber(c[1]) or 0, tonumber(c[2]), tonumber(c[3]))
     used = used + tonumber(actual_texts[dim])
-    local index = math.floor(now / gran)
-    if newest and newest >= index then index = newest end  -- a clock that stepped back
-    redis.call('HINCRBY', s, 'b:' .. field .. '|' .. index, actual_texts[dim])
-    if oldest then
-      redis.call('HSET', s, 'm:' .. field, used, 'ml:' .. field, index)
-    else
-      redis.call('HSET', s, 'm:' .. field, used, 'ml:' .. field, index, 'mh:' .. field, index)
-    end
+    add_to_bucket(s, field, now, gran, oldest, newest, actual_texts[dim], 'm:' .. field, used)
   else
     -- A calendar window: a period that has ended starts again (its bounds were checked above).
     field = dim .. '|' .. wkey

@@ -24,8 +24,7 @@ local P = KEYS[1]
 local op = ARGV[1]
 local now
 if ARGV[2] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  now = tonumber(server_time_text())
 else
   now = tonumber(ARGV[2])
 end
@@ -33,12 +32,10 @@ end
 local HOLDS = P .. ':holds'
 local EXPIRY = P .. ':expiry'
 local RETENTION = 7 * 86400
-local EXPIRE_BATCH = 256
 
 local function skey(scope) return P .. ':s:' .. scope end
 local function lkey(scope) return P .. ':l:' .. scope end
 local function rkey(id) return P .. ':r:' .. id end
-local function num(s) return string.format('%.17g', s) end
 
 local function decode(text)
   local amounts, order = {}, {}
@@ -117,30 +114,9 @@ local function refresh(scope, dim, wkey, window)
     end
     return tonumber(redis.call('HGET', s, 'm:' .. id) or '0')
   end
-  local used = tonumber(redis.call('HGET', s, 'm:' .. id) or '0')
-  local oldest = redis.call('HGET', s, 'mh:' .. id)
-  if not oldest then return used end
-  oldest = tonumber(oldest)
-  local newest = tonumber(redis.call('HGET', s, 'ml:' .. id))
-  local cutoff = math.floor(now / window.gran) - window.buckets
-  if oldest >= cutoff then return used end
-  local last = math.min(newest, cutoff - 1)
-  for index = oldest, last do
-    local field = 'b:' .. id .. '|' .. index
-    local amount = redis.call('HGET', s, field)
-    if amount then
-      used = used - tonumber(amount)
-      redis.call('HDEL', s, field)
-    end
-  end
-  if newest < cutoff then
-    redis.call('HDEL', s, 'mh:' .. id, 'ml:' .. id)
-    used = 0
-  else
-    redis.call('HSET', s, 'mh:' .. id, cutoff)
-  end
-  redis.call('HSET', s, 'm:' .. id, used)
-  return used
+  local c = redis.call('HMGET', s, 'm:' .. id, 'mh:' .. id, 'ml:' .. id)
+  return (refresh_rolling(s, id, now, window.gran, window.buckets, tonumber(c[1] or '0'),
+    tonumber(c[2]), tonumber(c[3])))
 end
 
 local function add_to_meter(scope, dim, wkey, window, amount)
@@ -148,12 +124,8 @@ local function add_to_meter(scope, dim, wkey, window, amount)
   local id = dim .. '|' .. wkey
   redis.call('HINCRBY', s, 'm:' .. id, amount)
   if window.kind == 'rolling' then
-    local index = math.floor(now / window.gran)
-    local newest = tonumber(redis.call('HGET', s, 'ml:' .. id) or '-1')
-    if newest >= index then index = newest end  -- a clock that stepped back adds to the newest
-    redis.call('HINCRBY', s, 'b:' .. id .. '|' .. index, amount)
-    redis.call('HSET', s, 'ml:' .. id, index)
-    if not redis.call('HGET', s, 'mh:' .. id) then redis.call('HSET', s, 'mh:' .. id, index) end
+    local c = redis.call('HMGET', s, 'mh:' .. id, 'ml:' .. id)
+    add_to_bucket(s, id, now, window.gran, c[1], tonumber(c[2]), amount)
   end
 end
 
@@ -232,20 +204,6 @@ end
 local function settle_record(id, fields)
   redis.call('HSET', rkey(id), unpack(fields))
   redis.call('EXPIRE', rkey(id), RETENTION)
-end
-
-local function reclaim_expired()
-  local due = redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', num(now), 'LIMIT', 0, EXPIRE_BATCH)
-  for _, id in ipairs(due) do
-    local hold = redis.call('HGET', HOLDS, id)
-    if hold then
-      local parts = split_lines(hold)
-      drop_hold(parts[1], decode(parts[4]))
-      redis.call('HDEL', HOLDS, id)
-      settle_record(id, {'state', 'expired', 'path', parts[1]})
-    end
-    redis.call('ZREM', EXPIRY, id)
-  end
 end
 
 -- Record actual usage on every scope of path; returns the overruns as a flat list.
@@ -359,7 +317,7 @@ if op == 'admit' then
     for _, scope in ipairs(scopes) do count = count + #limits_of(scope) end
     if count ~= expect then return {'stale'} end
   end
-  reclaim_expired()
+  reclaim_expired(P, num(now))
   local rows, denial = check(scopes, amounts, false)
   if denial then return denial end
   for _, scope in ipairs(scopes) do
@@ -380,7 +338,7 @@ end
 if op == 'prune' then
   -- ARGV: 4 scope. Forget it only if nothing on it is live (see Backend.prune).
   local scope = ARGV[4]
-  reclaim_expired()
+  reclaim_expired(P, num(now))
   local s = skey(scope)
   local flat = redis.call('HGETALL', s)
   for i = 1, #flat, 2 do
@@ -444,7 +402,7 @@ if op == 'peek' then
   -- ARGV: 4 path
   local missing = missing_bounds(prefixes(ARGV[4]), nil)
   if missing then return {'bounds', missing, num(now)} end
-  reclaim_expired()
+  reclaim_expired(P, num(now))
   return flatten(states(prefixes(ARGV[4]), nil))
 end
 
@@ -453,7 +411,7 @@ if op == 'meters' then
   local scope = ARGV[4]
   local missing = missing_bounds({scope}, nil)
   if missing then return {'bounds', missing, num(now)} end
-  reclaim_expired()
+  reclaim_expired(P, num(now))
   local flat = redis.call('HGETALL', skey(scope))
   local totals = {}
   for i = 1, #flat, 2 do

@@ -30,8 +30,7 @@
 local P = KEYS[1]
 local now_text
 if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now_text = t[1] .. '.' .. string.sub('00000' .. t[2], -6)
+  now_text = server_time_text()
 else
   now_text = ARGV[1]
 end
@@ -76,7 +75,6 @@ else
   first, last = 1, #R
 end
 
-local function num(x) return string.format('%.17g', x) end
 local function scope_of(k) return string.sub(ARGV[SKEYS + k - 1], #P + 4) end
 
 -- Calendar windows whose period has ended need bounds from the client; checked before any write.
@@ -98,29 +96,10 @@ for i = first, last, 4 do
   end
 end
 
--- Reclaim expired holds (ledger.lua's reclaim_expired), once the lower bound has passed.
+-- Reclaim expired holds, once the lower bound has passed.
 local next_text
 if not next_expiry or next_expiry <= now then
-  local due = redis.call('ZRANGEBYSCORE', EXPIRY, '-inf', now_text, 'LIMIT', 0, 256)
-  for _, hid in ipairs(due) do
-    local hold = redis.call('HGET', HOLDS, hid)
-    if hold then
-      local hpath, _, _, held = string.match(hold, '^([^\n]*)\n([^\n]*)\n([^\n]*)\n(.*)$')
-      local acc
-      for segment in string.gmatch(hpath, '[^/]+') do
-        acc = acc and (acc .. '/' .. segment) or segment
-        for dim, amount in string.gmatch(held, '([^=,]+)=(%d+)') do
-          if amount ~= '0' then
-            redis.call('HINCRBY', P .. ':s:' .. acc, 'h:' .. dim, '-' .. amount)
-          end
-        end
-      end
-      redis.call('HDEL', HOLDS, hid)
-      redis.call('HSET', P .. ':r:' .. hid, 'state', 'expired', 'path', hpath)
-      redis.call('EXPIRE', P .. ':r:' .. hid, 7 * 86400)
-    end
-    redis.call('ZREM', EXPIRY, hid)
-  end
+  reclaim_expired(P, now_text)
   local soonest = redis.call('ZRANGE', EXPIRY, 0, 0, 'WITHSCORES')
   next_expiry, next_text = tonumber(soonest[2]), soonest[2] or ''
 end
@@ -135,31 +114,12 @@ local function state(s, dim, wkey, max)
   local field = dim .. '|' .. wkey
   local kind = string.sub(wkey, 1, 7)
   if kind == 'rolling' then
-    -- ledger.lua's refresh: drop the buckets that have left the window.
     local c = redis.call('HMGET', s, 'h:' .. dim, 'm:' .. field, 'mh:' .. field, 'ml:' .. field)
-    local used, oldest, newest = tonumber(c[2]) or 0, tonumber(c[3]), tonumber(c[4])
     local seconds, gran = string.match(wkey, '^rolling:(%d+):(%d+)$')
     gran = tonumber(gran)
     local buckets = tonumber(seconds) / gran
-    local cutoff = math.floor(now / gran) - buckets
-    if oldest and oldest < cutoff then
-      for index = oldest, math.min(newest, cutoff - 1) do
-        local bucket = 'b:' .. field .. '|' .. index
-        local amount = redis.call('HGET', s, bucket)
-        if amount then
-          used = used - tonumber(amount)
-          redis.call('HDEL', s, bucket)
-        end
-      end
-      if newest < cutoff then
-        redis.call('HDEL', s, 'mh:' .. field, 'ml:' .. field)
-        used, oldest = 0, nil
-      else
-        oldest = cutoff
-        redis.call('HSET', s, 'mh:' .. field, cutoff)
-      end
-      redis.call('HSET', s, 'm:' .. field, used)
-    end
+    local used, oldest, newest = refresh_rolling(s, field, now, gran, buckets, tonumber(c[2]) or 0,
+      tonumber(c[3]), tonumber(c[4]))
     return used, tonumber(c[1]) or 0, function(over)
       if not oldest then return '' end
       local names = {}
