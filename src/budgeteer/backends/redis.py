@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -85,10 +86,26 @@ _Plan = tuple[bytes, _Tail, tuple[tuple[str, str, str, int], ...]]
 limits as (scope, dimension, window key, max)."""
 
 
+_SHARED_BLOCK = re.compile(r"\n\n(?=(?:--[^\n]*\n)*local function (\w+)\()")
+
+
 def _script_text(name: str = "ledger") -> str:
-    """Script ``name`` as Redis runs it: the shared rules (``lua/_shared.lua``), then its own."""
+    """Script ``name`` as Redis runs it: the shared functions it calls (``lua/_shared.lua``), then
+    its own text.
+
+    A script pays for every function it defines on every call, so a shared one is put in only if
+    the script, or a shared one put in, calls it (a function calls only those defined above it).
+    """
     lua = resources.files("budgeteer.backends").joinpath("lua")
-    return lua.joinpath("_shared.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
+    own = lua.joinpath(f"{name}.lua").read_text()
+    parts = _SHARED_BLOCK.split(lua.joinpath("_shared.lua").read_text())
+    # parts: the file's header, then (function name, its block) pairs in the file's order
+    needed, blocks = own, list[str]()
+    for i in range(len(parts) - 2, 0, -2):
+        if re.search(rf"\b{parts[i]}\(", needed):
+            blocks.insert(0, parts[i + 1])
+            needed += parts[i + 1]
+    return "\n\n".join([*blocks, own])
 
 
 class _RedisCore:

@@ -6,10 +6,66 @@
 -- A number as text that reads back the same (a bare number reply or argument may be rounded).
 local function num(x) return string.format('%.17g', x) end
 
--- The server's clock as the text "seconds.micros" (one strtod, when read, gives the number).
-local function server_time_text()
+-- The server's clock as the text seconds, sep, micros: with '.' a time (one strtod, when read,
+-- gives the number), with '' a limits version unique across a flush.
+local function server_time_text(sep)
   local t = redis.call('TIME')
-  return t[1] .. '.' .. string.sub('00000' .. t[2], -6)
+  return t[1] .. sep .. string.sub('00000' .. t[2], -6)
+end
+
+-- The limits of every scope on path (top first), read from P:l:<scope>: returns the version
+-- (version, or a new one when P:lv is unset), every limit as quadruples scope number (1 = top),
+-- dim, window key, max, in ledger.lua's order (by scope, then by "dim|window"), and the same
+-- quadruples for the dims in wanted alone, but pacing ones when skip_pacing.
+local function read_limits(P, path, version, wanted, skip_pacing)
+  if not version then  -- unique across a flush, so no client mistakes a new set for an old one
+    version = server_time_text('')
+    redis.call('SET', P .. ':lv', version)
+  end
+  local learned, R = {}, {}
+  local k, scope = 0, nil
+  for segment in string.gmatch(path, '[^/]+') do
+    k, scope = k + 1, scope and (scope .. '/' .. segment) or segment
+    local flat = redis.call('HGETALL', P .. ':l:' .. scope)
+    local fields = {}
+    for i = 1, #flat, 2 do fields[#fields + 1] = {flat[i], tonumber(flat[i + 1])} end
+    if #fields > 1 then table.sort(fields, function(a, b) return a[1] < b[1] end) end
+    for _, f in ipairs(fields) do
+      local bar = string.find(f[1], '|', 1, true)
+      local row = {k, string.sub(f[1], 1, bar - 1), string.sub(f[1], bar + 1), f[2]}
+      for j = 1, 4 do learned[#learned + 1] = row[j] end
+      if wanted[row[2]] and not (skip_pacing and string.sub(row[3], 1, 7) == 'pacing:') then
+        for j = 1, 4 do R[#R + 1] = row[j] end
+      end
+    end
+  end
+  return version, learned, R
+end
+
+-- Calendar windows whose period has ended need bounds from the client, checked before any write
+-- (a script that fails keeps its writes). Among the quadruples R[first .. last], returns the
+-- client's bounds ("key=start:end;..." in bounds_text) as a table, parsed once a calendar window
+-- is met (else nil), and the first calendar window that needs bounds it lacks (else nil);
+-- hashes[offset + scope number] is the hash of that scope.
+local function calendar_check(R, first, last, hashes, offset, bounds_text, now)
+  local bounds
+  for i = first, last, 4 do
+    local wkey = R[i + 2]
+    if string.sub(wkey, 1, 9) == 'calendar:' then
+      if not bounds then
+        bounds = {}
+        for key, start, stop in string.gmatch(bounds_text, '([^=;]+)=([^:;]+):([^;]+)') do
+          bounds[key] = {tonumber(start), tonumber(stop)}
+        end
+      end
+      local stop = redis.call('HGET', hashes[offset + R[i]], 'me:' .. R[i + 1] .. '|' .. wkey)
+      local b = bounds[wkey]
+      if now >= (tonumber(stop) or 0) and (not b or now < b[1] or now >= b[2]) then
+        return bounds, wkey
+      end
+    end
+  end
+  return bounds, nil
 end
 
 -- A rolling window's refresh (budgeteer.ledger._core): drop the buckets b:<field>|<index> that

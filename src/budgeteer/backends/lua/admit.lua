@@ -14,7 +14,7 @@
 local P = KEYS[1]
 local now
 if ARGV[1] == '' then
-  now = tonumber(server_time_text())
+  now = tonumber(server_time_text('.'))
 else
   now = tonumber(ARGV[1])
 end

@@ -29,7 +29,7 @@
 local P = KEYS[1]
 local now_text
 if ARGV[1] == '' then
-  now_text = server_time_text()
+  now_text = server_time_text('.')
 else
   now_text = ARGV[1]
 end
@@ -83,47 +83,13 @@ local learned  -- every limit on the path, for the client, when its version was 
 if version and version == ARGV[7] and path == ARGV[6] then
   R, first, last = ARGV, 10 + 2 * D, #ARGV
 else
-  if not version then  -- unique across a flush, so no client mistakes a new set for an old one
-    local t = redis.call('TIME')
-    version = t[1] .. string.sub('00000' .. t[2], -6)
-    redis.call('SET', P .. ':lv', version)
-  end
-  learned, R = {}, {}
-  for k, scope in ipairs(scopes) do
-    local flat = redis.call('HGETALL', P .. ':l:' .. scope)
-    local fields = {}
-    for i = 1, #flat, 2 do fields[#fields + 1] = {flat[i], tonumber(flat[i + 1])} end
-    if #fields > 1 then table.sort(fields, function(a, b) return a[1] < b[1] end) end
-    for _, f in ipairs(fields) do
-      local bar = string.find(f[1], '|', 1, true)
-      local row = {k, string.sub(f[1], 1, bar - 1), string.sub(f[1], bar + 1), f[2]}
-      for j = 1, 4 do learned[#learned + 1] = row[j] end
-      if actual_texts[row[2]] and string.sub(row[3], 1, 7) ~= 'pacing:' then
-        for j = 1, 4 do R[#R + 1] = row[j] end
-      end
-    end
-  end
+  -- pacing limits pace admissions, not commits
+  version, learned, R = read_limits(P, path, version, actual_texts, true)
   first, last = 1, #R
 end
 
--- Calendar windows whose period has ended need bounds from the client; checked before any write.
-local bounds
-for i = first, last, 4 do
-  local wkey = R[i + 2]
-  if string.sub(wkey, 1, 9) == 'calendar:' then
-    if not bounds then
-      bounds = {}
-      for key, start, stop in string.gmatch(ARGV[2], '([^=;]+)=([^:;]+):([^;]+)') do
-        bounds[key] = {tonumber(start), tonumber(stop)}
-      end
-    end
-    local stop = redis.call('HGET', skeys[tonumber(R[i])], 'me:' .. R[i + 1] .. '|' .. wkey)
-    local b = bounds[wkey]
-    if now >= (tonumber(stop) or 0) and (not b or now < b[1] or now >= b[2]) then
-      return {'bounds', wkey, now_text}
-    end
-  end
-end
+local bounds, missing = calendar_check(R, first, last, skeys, 0, ARGV[2], now)
+if missing then return {'bounds', missing, now_text} end
 
 if hold then
   for dim, amount in string.gmatch(held, '([^=,]+)=(%d+)') do

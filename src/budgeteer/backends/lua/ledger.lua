@@ -24,7 +24,7 @@ local P = KEYS[1]
 local op = ARGV[1]
 local now
 if ARGV[2] == '' then
-  now = tonumber(server_time_text())
+  now = tonumber(server_time_text('.'))
 else
   now = tonumber(ARGV[2])
 end
@@ -196,8 +196,7 @@ end
 -- a version is never reused after a flush.
 local function bump_limits_version()
   if redis.call('INCR', P .. ':lv') == 1 then
-    local t = redis.call('TIME')
-    redis.call('SET', P .. ':lv', t[1] .. string.sub('00000' .. t[2], -6))
+    redis.call('SET', P .. ':lv', server_time_text(''))
   end
 end
 

@@ -30,7 +30,7 @@
 local P = KEYS[1]
 local now_text
 if ARGV[1] == '' then
-  now_text = server_time_text()
+  now_text = server_time_text('.')
 else
   now_text = ARGV[1]
 end
@@ -50,51 +50,14 @@ local learned  -- every limit on the path, for the client, when its version was 
 if version and version == ARGV[7] then
   R, first, last = ARGV, SKEYS + S, #ARGV
 else
-  if not version then  -- unique across a flush, so no client mistakes a new set for an old one
-    local t = redis.call('TIME')
-    version = t[1] .. string.sub('00000' .. t[2], -6)
-    redis.call('SET', P .. ':lv', version)
-  end
-  learned, R = {}, {}
-  local k, scope = 0, nil
-  for segment in string.gmatch(ARGV[4], '[^/]+') do
-    k, scope = k + 1, scope and (scope .. '/' .. segment) or segment
-    local flat = redis.call('HGETALL', P .. ':l:' .. scope)
-    local fields = {}
-    for i = 1, #flat, 2 do fields[#fields + 1] = {flat[i], tonumber(flat[i + 1])} end
-    if #fields > 1 then table.sort(fields, function(a, b) return a[1] < b[1] end) end
-    for _, f in ipairs(fields) do
-      local bar = string.find(f[1], '|', 1, true)
-      local row = {k, string.sub(f[1], 1, bar - 1), string.sub(f[1], bar + 1), f[2]}
-      for j = 1, 4 do learned[#learned + 1] = row[j] end
-      if amounts[row[2]] then
-        for j = 1, 4 do R[#R + 1] = row[j] end
-      end
-    end
-  end
+  version, learned, R = read_limits(P, ARGV[4], version, amounts, false)
   first, last = 1, #R
 end
 
 local function scope_of(k) return string.sub(ARGV[SKEYS + k - 1], #P + 4) end
 
--- Calendar windows whose period has ended need bounds from the client; checked before any write.
-local bounds
-for i = first, last, 4 do
-  local wkey = R[i + 2]
-  if string.sub(wkey, 1, 9) == 'calendar:' then
-    if not bounds then
-      bounds = {}
-      for key, start, stop in string.gmatch(ARGV[2], '([^=;]+)=([^:;]+):([^;]+)') do
-        bounds[key] = {tonumber(start), tonumber(stop)}
-      end
-    end
-    local stop = redis.call('HGET', ARGV[SKEYS + R[i] - 1], 'me:' .. R[i + 1] .. '|' .. wkey)
-    local b = bounds[wkey]
-    if now >= (tonumber(stop) or 0) and (not b or now < b[1] or now >= b[2]) then
-      return {'bounds', wkey, now_text}
-    end
-  end
-end
+local bounds, missing = calendar_check(R, first, last, ARGV, SKEYS - 1, ARGV[2], now)
+if missing then return {'bounds', missing, now_text} end
 
 -- Reclaim expired holds, once the lower bound has passed.
 local next_text
