@@ -68,11 +68,10 @@ local D = ARGV[8] + 0
 local actual_texts = {}  -- parsed only where a number is needed (a rolling window)
 for i = 10, 8 + 2 * D, 2 do actual_texts[ARGV[i]] = ARGV[i + 1] end
 
-local scopes, skeys = {}, {}
+local skeys = {}  -- the hash P:s:<scope> of each scope on the path, top first
 local acc
 for segment in string.gmatch(path, '[^/]+') do
   acc = acc and (acc .. '/' .. segment) or segment
-  scopes[#scopes + 1] = acc
   skeys[#skeys + 1] = P .. ':s:' .. acc
 end
 
@@ -142,7 +141,7 @@ for i = first, last, 4 do
   end
   if used > max then
     local held_now = tonumber(redis.call('HGET', s, 'h:' .. dim)) or 0
-    for _, v in ipairs({scopes[k], dim, wkey, num(max), num(used), num(held_now)}) do
+    for _, v in ipairs({string.sub(s, #P + 4), dim, wkey, num(max), num(used), num(held_now)}) do
       over[#over + 1] = v
     end
   end
