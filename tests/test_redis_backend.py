@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from decimal import Decimal
+from importlib import resources
 
 import pytest
 import redis
 from redis.crc import key_slot
 
 from budgeteer import BudgetExceeded, InvalidInput, Ledger, Limit, Usage, Window
+from budgeteer.backends.redis import _script_text
 from budgeteer.testing import FakeClock
 
 ORG = "org:acme"
@@ -262,3 +265,21 @@ def test_overruns_of_fifteen_digits_and_more_are_exact(server_url: str) -> None:
     committed = ledger.commit(hold, Usage(cost_usd="0.000000002"))
     assert committed.overruns[0].used == Decimal("100000.000000003")
     ledger.close()
+
+
+def test_each_script_is_given_exactly_the_shared_functions_it_calls() -> None:
+    lua = resources.files("budgeteer.backends").joinpath("lua")
+    shared = re.findall(r"^local function (\w+)\(", lua.joinpath("_shared.lua").read_text(), re.M)
+    used: set[str] = set()
+    for name in ("ledger", "reserve", "commit", "admit"):
+        text = _script_text(name)
+        defined = re.findall(r"^local function (\w+)\(", text, re.M)
+        assert len(defined) == len(set(defined)), name  # no shared function twice
+        for function in shared:
+            calls = text.replace(f"local function {function}(", "")
+            called = re.search(rf"\b{function}\(", calls) is not None
+            assert (function in defined) == called, (name, function)
+            if called:
+                used.add(function)
+        assert text.endswith(lua.joinpath(f"{name}.lua").read_text())
+    assert used == set(shared)  # nothing in _shared.lua is dead

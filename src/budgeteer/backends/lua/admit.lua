@@ -12,12 +12,7 @@
 -- script costs as much as a command.)
 
 local P = KEYS[1]
-local now
-if ARGV[1] == '' then
-  now = tonumber(server_time_text('.'))
-else
-  now = tonumber(ARGV[1])
-end
+local now = tonumber(ARGV[1] ~= '' and ARGV[1] or server_time_text('.'))
 
 local first = redis.call('ZRANGE', P .. ':expiry', 0, 0, 'WITHSCORES')
 if first[2] and tonumber(first[2]) <= now then

@@ -27,12 +27,7 @@
 -- newline; the overruns, last, may have several).
 
 local P = KEYS[1]
-local now_text
-if ARGV[1] == '' then
-  now_text = server_time_text('.')
-else
-  now_text = ARGV[1]
-end
+local now_text = ARGV[1] ~= '' and ARGV[1] or server_time_text('.')
 local now = now_text + 0  -- arithmetic coerces with one strtod; tonumber() runs two
 local HOLDS = P .. ':holds'
 local id = ARGV[3]

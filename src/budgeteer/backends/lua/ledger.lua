@@ -22,12 +22,7 @@
 
 local P = KEYS[1]
 local op = ARGV[1]
-local now
-if ARGV[2] == '' then
-  now = tonumber(server_time_text('.'))
-else
-  now = tonumber(ARGV[2])
-end
+local now = tonumber(ARGV[2] ~= '' and ARGV[2] or server_time_text('.'))
 
 local HOLDS = P .. ':holds'
 local EXPIRY = P .. ':expiry'

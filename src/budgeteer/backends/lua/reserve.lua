@@ -28,12 +28,7 @@
 -- bounds the client did not send.
 
 local P = KEYS[1]
-local now_text
-if ARGV[1] == '' then
-  now_text = server_time_text('.')
-else
-  now_text = ARGV[1]
-end
+local now_text = ARGV[1] ~= '' and ARGV[1] or server_time_text('.')
 local now = now_text + 0  -- arithmetic coerces with one strtod; tonumber() runs two
 local HOLDS, EXPIRY = P .. ':holds', P .. ':expiry'
 local id = ARGV[3]
