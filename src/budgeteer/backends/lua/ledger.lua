@@ -9,7 +9,8 @@
 -- Python side enforces as the largest amount and limit. The rules mirror budgeteer.ledger._core:
 -- a request crosses a limit when used + held + requested > max.
 --
--- reserve and commit have scripts of their own (reserve.lua, commit.lua) on the same keys.
+-- reserve and commit have scripts of their own (reserve.lua, commit.lua) on the same keys; the
+-- rules the scripts share are local functions in _shared.lua, put before each script's text.
 --
 -- Per scope S: hash P:s:S holds u:<dim> (lifetime used), h:<dim> (held) and windowed meters
 -- (m:<dim>|<window> used, ms:/me: a calendar period's bounds, mh:/ml: a rolling window's oldest
