@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cache, lru_cache
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple, TypeAlias
 
 from budgeteer._clock import SYSTEM_CLOCK, Clock
 from budgeteer.errors import InvalidInput, UnknownModel
@@ -293,8 +293,17 @@ class Price:
 _Rate: TypeAlias = Decimal | tuple[Decimal, tuple[tuple[int, Decimal], ...]]
 """A flat price, or ``(base, ((start, price), ...))`` with tiers in ascending ``start``."""
 
-_Applied: TypeAlias = tuple[Decimal | None, ...]
-"""The prices one request pays, in ``_Rates`` field order (input ... requests_per_k)."""
+
+class _Applied(NamedTuple):
+    """The prices one request pays, per million tokens (``requests_per_k``: per thousand)."""
+
+    input: Decimal | None
+    output: Decimal | None
+    cache_read: Decimal | None
+    cache_write: Decimal | None
+    cache_write_1h: Decimal | None
+    reasoning: Decimal | None
+    requests_per_k: Decimal | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,8 +317,10 @@ class _Rates:
     cache_write_1h: _Rate | None
     reasoning: _Rate | None
     requests_per_k: _Rate | None
+    rates: tuple[_Rate | None, ...] = field(init=False)
+    """The seven rates above, in ``_Applied`` field order."""
     tiered: bool = field(init=False)
-    flat: _Applied = field(init=False)
+    flat: _Applied | None = field(init=False)
     """Without tiers: the prices every request pays, picked once (``_pick`` is not needed)."""
 
     def __post_init__(self) -> None:
@@ -323,32 +334,25 @@ class _Rates:
             self.requests_per_k,
         )
         tiered = any(isinstance(r, tuple) for r in rates)
+        object.__setattr__(self, "rates", rates)
         object.__setattr__(self, "tiered", tiered)
-        flat = () if tiered else tuple(r if isinstance(r, Decimal) else None for r in rates)
+        flat = None if tiered else _Applied(*(r if isinstance(r, Decimal) else None for r in rates))
         object.__setattr__(self, "flat", flat)
 
     def applied(self, input_tokens: int) -> tuple[_Applied, bool]:
         """The prices a request with ``input_tokens`` pays, and whether a long-context tier did."""
-        if not self.tiered:
+        if self.flat is not None:
             return self.flat, False
         long_context = False
         prices: list[Decimal | None] = []
-        for rate in (
-            self.input,
-            self.output,
-            self.cache_read,
-            self.cache_write,
-            self.cache_write_1h,
-            self.reasoning,
-            self.requests_per_k,
-        ):
+        for rate in self.rates:
             if rate is None:
                 prices.append(None)
                 continue
             price, tiered = _pick(rate, input_tokens)
             long_context = long_context or tiered
             prices.append(price)
-        return tuple(prices), long_context
+        return _Applied(*prices), long_context
 
 
 def _pick(rate: _Rate, input_tokens: int) -> tuple[Decimal, bool]:
@@ -435,19 +439,13 @@ def _compute(
         usage.output_tokens,
         usage.reasoning_tokens,
     )
-    (
-        input_price,
-        output_price,
-        cache_read_price,
-        cache_write_price,
-        cache_write_1h_price,
-        reasoning_price,
-        request_price,
-    ) = prices
-    cache_read_price = cache_read_price if cache_read_price is not None else input_price
-    cache_write_price = cache_write_price if cache_write_price is not None else input_price
+    input_price, output_price, request_price = prices.input, prices.output, prices.requests_per_k
+    cache_read_price = prices.cache_read if prices.cache_read is not None else input_price
+    cache_write_price = prices.cache_write if prices.cache_write is not None else input_price
+    cache_write_1h_price = prices.cache_write_1h
     if cache_write_1h_price is None:
         cache_write_1h_price = cache_write_price
+    reasoning_price = prices.reasoning
     return Price(
         cost_usd=cost,
         model=model,
