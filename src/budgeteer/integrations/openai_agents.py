@@ -298,7 +298,6 @@ class BudgetGuard(RunHooks[Any]):
         self._route: _BudgetedModel | None = None
         self._config_model: str | None = None
         self._config_settings: ModelSettings | None = None
-        self._routed_config = False
 
     # -- what the caller reads -----------------------------------------------------------------
 
@@ -345,7 +344,6 @@ class BudgetGuard(RunHooks[Any]):
             )
         self._config_model = config.model
         self._config_settings = config.model_settings
-        self._routed_config = True
         return dataclasses.replace(
             config, model_provider=_BudgetedProvider(self, config.model_provider)
         )
